@@ -1,0 +1,29 @@
+# The two commands of the quick start: `make book` and `make test`.
+# Each creates .venv (once) with PyTorch pinned by constraints.txt, then does its job.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WORKERS ?= 2
+
+.PHONY: book test lab serve clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable ".[dev]"
+	touch $(STAMP)
+
+book: $(STAMP)  ## build the web book into _build/html (notebooks executed, cached)
+	$(BIN)/python tools/book.py build
+
+test: $(STAMP)  ## run every test: package, notebooks (nbval), book build and browser check
+	$(BIN)/python -m pytest -n $(WORKERS)
+
+lab: $(STAMP)  ## open the notebooks in JupyterLab
+	$(BIN)/jupyter lab notebooks/
+
+serve:  ## serve the built book on http://127.0.0.1:8000
+	$(BIN)/python tools/book.py serve
+
+clean:
+	rm -rf _build _vendor

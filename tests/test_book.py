@@ -1,0 +1,97 @@
+"""Build the whole book into a temporary folder (warnings as errors) and look at it in a browser.
+
+The build executes every notebook, so this module is slow (minutes); with pytest-xdist's
+`--dist loadfile` it runs on one worker while the other runs the notebooks under nbval.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from browser import Chromium, find_chromium, serve
+from test_notebooks import toc_files
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.book, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def built_html(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("book")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "book.py"), "build", "--path-output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, f"book build failed:\n{log[-6000:]}"
+    assert "NOTICE" not in log or os.environ.get("CI") is None, "CI must build with vendored MathJax/Mermaid"
+    return out / "_build" / "html"
+
+
+def page_paths() -> list[str]:
+    return [f"{entry}.html" for entry in toc_files()]
+
+
+def test_every_toc_page_is_built(built_html):
+    for page in page_paths():
+        assert (built_html / page).is_file(), f"{page} was not built"
+    assert (built_html / "index.html").is_file()
+
+
+def test_chapter_pages_have_figures(built_html):
+    chapters = [p for p in page_paths() if p.startswith("notebooks/")]
+    assert chapters, "no chapter pages"
+    for page in chapters:
+        html = (built_html / page).read_text(encoding="utf-8")
+        assert "<img" in html, f"{page} shows no figure (did its notebook execute?)"
+        assert "Traceback (most recent call last)" not in html, f"{page} shows a traceback"
+
+
+def test_no_third_party_javascript_committed():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    vendored = [f for f in tracked if f.endswith((".js", ".mjs")) and not f.startswith("tests/")]
+    assert vendored == [], f"third-party JavaScript is committed: {vendored}"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    binary = find_chromium()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is required in CI (.ci/run installs the Debian package 'chromium')")
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    with Chromium(binary) as chromium:
+        yield chromium
+
+
+def test_pages_render_offline(built_html, browser):
+    """Math and diagrams render in a real browser, and no request leaves 127.0.0.1."""
+    with serve(built_html) as base:
+        host = urlparse(base).netloc
+        saw_math = saw_mermaid = False
+        for page in page_paths():
+            report = browser.visit(f"{base}/{page}")
+            outside = [u for u in report.requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
+                       and urlparse(u).netloc != host]
+            assert outside == [], f"{page} requested resources off this machine: {outside}"
+            checks = report.checks
+            assert checks["mathjax_errors"] == 0, f"{page}: MathJax reported errors"
+            assert checks["raw_display_math"] == 0, f"{page}: unrendered $$ in the text"
+            assert checks["mermaid_svgs"] == checks["mermaid_blocks"], (
+                f"{page}: {checks['mermaid_blocks']} Mermaid blocks but {checks['mermaid_svgs']} rendered SVGs")
+            assert checks["broken_images"] == [], f"{page}: broken images {checks['broken_images']}"
+            if page.startswith("notebooks/"):
+                assert checks["mathjax"] > 0, f"{page}: no MathJax output (mjx-container)"
+                assert checks["mermaid_svgs"] > 0, f"{page}: no rendered Mermaid diagram"
+                assert "<mjx-container" in report.html
+            saw_math |= checks["mathjax"] > 0
+            saw_mermaid |= checks["mermaid_svgs"] > 0
+        assert saw_math and saw_mermaid

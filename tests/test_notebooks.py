@@ -1,0 +1,98 @@
+"""Checks of the committed chapter notebooks (their execution is nbval's job: see pyproject.toml)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def toc_files() -> list[str]:
+    """Every `file:` entry of _toc.yml, in order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc.get("parts", []))
+    return files
+
+
+def load(nb: Path) -> dict:
+    return json.loads(nb.read_text(encoding="utf-8"))
+
+
+def markdown(nb: dict) -> str:
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+def test_notebooks_exist():
+    assert NOTEBOOKS, "no notebooks found in notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_name_and_title(path):
+    assert re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", path.name), f"{path.name}: expected NN_snake_case.ipynb"
+    nb = load(path)
+    first = "".join(nb["cells"][0]["source"])
+    number = int(path.name[:2])
+    assert first.startswith(f"# Chapter {number}:"), f"{path.name}: first cell must be '# Chapter {number}: ...'"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_outputs_and_standard_kernel(path):
+    nb = load(path)
+    assert nb["nbformat"] == 4
+    spec = nb["metadata"].get("kernelspec", {})
+    assert spec.get("name") == "python3", f"{path.name}: kernelspec name is {spec.get('name')!r}, not 'python3'"
+    assert spec.get("language") == "python"
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            assert cell.get("outputs") == [], f"{path.name}: cell {i} has stored outputs"
+            assert cell.get("execution_count") is None, f"{path.name}: cell {i} has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_in_table_of_contents(path):
+    assert f"notebooks/{path.stem}" in toc_files(), f"{path.name} is not in _toc.yml"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_structure(path):
+    text = markdown(load(path))
+    for heading in ("What you will learn", "Summary", "Exercises", "References"):
+        assert re.search(rf"^##\s+{heading}", text, re.M), f"{path.name}: no '## {heading}' section"
+    exercises = text.split("## Exercises", 1)[1].split("## References", 1)[0]
+    n_exercises = len(re.findall(r"\*\*Exercise \d+", exercises))
+    n_solutions = exercises.count("<summary>Solution</summary>")
+    assert n_exercises >= 3, f"{path.name}: only {n_exercises} exercises"
+    assert n_solutions == n_exercises, f"{path.name}: {n_exercises} exercises but {n_solutions} hidden solutions"
+    assert "```mermaid" in text, f"{path.name}: no Mermaid diagram"
+    assert "$$" in text, f"{path.name}: no displayed equation"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_network_or_installs(path):
+    code = "\n".join("".join(c["source"]) for c in load(path)["cells"] if c["cell_type"] == "code")
+    assert not re.search(r"^\s*[!%]\s*pip\b", code, re.M), f"{path.name} installs packages"
+    assert "shared/data" not in code, f"{path.name} reads the benchmark-only corpus"
+
+
+def test_toc_lists_only_existing_files():
+    for entry in toc_files():
+        candidates = [ROOT / f"{entry}{ext}" for ext in (".md", ".ipynb")]
+        assert any(c.exists() for c in candidates), f"_toc.yml lists {entry}, which does not exist"
