@@ -57,8 +57,26 @@ def _unregister_future_typing_codec() -> None:
         codecs.unregister(search_function)
 
 
+def _dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """Drop repeated script tags and set a default colour mode (Jupyter Book 1 adds sphinx-thebe's inline config twice,
+    which the browser reports as a redeclared constant)."""
+    seen, unique = set(), []
+    for script in context.get("script_files", []):
+        attributes = getattr(script, "attributes", {})
+        key = (str(getattr(script, "filename", script) or ""), tuple(sorted((k, str(v)) for k, v in attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    context["script_files"] = unique
+    # pydata-sphinx-theme reads the colour mode from localStorage, else this value; left
+    # empty, it logs "Got invalid theme mode" to the console on a reader's first visit.
+    if not context.get("default_mode"):
+        context["default_mode"] = "light"
+
+
 def setup(app: Sphinx) -> dict:
     """Register the configuration hook."""
     _unregister_future_typing_codec()
     app.connect("config-inited", _configure, priority=900)
+    app.connect("html-page-context", _dedupe_scripts, priority=1000)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
