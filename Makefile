@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-WORKERS ?= 2
 
 .PHONY: book test lab serve clean
 
@@ -17,7 +16,7 @@ book: $(STAMP)  ## build the web book into _build/html (notebooks executed, cach
 	$(BIN)/python tools/book.py build
 
 test: $(STAMP)  ## run every test: package, notebooks (nbval), book build and browser check
-	$(BIN)/python -m pytest -n $(WORKERS)
+	$(BIN)/python -m pytest
 
 lab: $(STAMP)  ## open the notebooks in JupyterLab
 	$(BIN)/jupyter lab notebooks/

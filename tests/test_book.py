@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import pytest
 
 from browser import Chromium, find_chromium, serve
+from conftest import book_output_dir
 from test_notebooks import toc_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +23,10 @@ pytestmark = [pytest.mark.book, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def built_html(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("book")
+def built_html(request) -> Path:
+    # The session's book folder: nbval, run before this module, has cached the executed
+    # notebooks there (see conftest.py), so the build does not execute them again.
+    out = book_output_dir(request.config)
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "book.py"), "build", "--path-output", str(out)],
         cwd=ROOT,
@@ -82,6 +85,7 @@ def test_pages_render_offline(built_html, browser):
             outside = [u for u in report.requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
                        and urlparse(u).netloc != host]
             assert outside == [], f"{page} requested resources off this machine: {outside}"
+            assert report.console_errors == [], f"{page}: console errors {report.console_errors}"
             checks = report.checks
             assert checks["mathjax_errors"] == 0, f"{page}: MathJax reported errors"
             assert checks["raw_display_math"] == 0, f"{page}: unrendered $$ in the text"

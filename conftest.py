@@ -1,0 +1,78 @@
+"""Shared pytest set-up: execute each notebook once for both nbval and the book build.
+
+pytest collects `notebooks/` before `tests/` (see `testpaths`), so nbval runs every
+notebook first. When every cell of a notebook passes, the notebook with the outputs nbval
+received is stored in the Jupyter cache of the book that `tests/test_book.py` builds; the
+book build then finds an up-to-date cached execution (same code, same kernel) instead of
+running the notebook a second time. Run alone, `tests/test_book.py` executes the notebooks
+itself, so the book test never depends on this shortcut for correctness.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+def book_output_dir(config: pytest.Config) -> Path:
+    """The temporary folder this test session builds the book into."""
+    if not hasattr(config, "_book_output_dir"):
+        config._book_output_dir = Path(tempfile.mkdtemp(prefix="llm-principles-book-"))
+    return config._book_output_dir
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    path = getattr(config, "_book_output_dir", None)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _is_nbval_cell(item: pytest.Item) -> bool:
+    return type(item).__name__ == "IPyNbCell" and hasattr(item, "cell")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    outcome = yield
+    if not _is_nbval_cell(item) or call.when != "call":
+        return
+    report = outcome.get_result()
+    notebook = item.parent
+    if not hasattr(notebook, "_executed"):
+        notebook._executed = copy.deepcopy(notebook.nb)
+        notebook._all_passed = True
+    notebook._all_passed &= report.passed
+    index = notebook.nb.cells.index(item.cell)
+    if item.cell.cell_type == "code":
+        notebook._executed.cells[index].outputs = list(item.test_outputs or [])
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if not _is_nbval_cell(item) or (nextitem is not None and nextitem.parent is item.parent):
+        return
+    notebook = item.parent
+    if not getattr(notebook, "_all_passed", False):
+        return
+    n_cells = sum(1 for c in notebook.nb.cells if c.cell_type == "code")
+    n_run = sum(1 for c in notebook._executed.cells if c.cell_type == "code")
+    if n_run != n_cells:
+        return
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    cache = get_cache(str(book_output_dir(item.config) / "_build" / ".jupyter_cache"))
+    count = 0
+    for cell in notebook._executed.cells:
+        if cell.cell_type == "code":
+            count += 1
+            cell.execution_count = count
+            for out in cell.outputs:
+                if out.get("output_type") == "execute_result":
+                    out["execution_count"] = count
+    cache.cache_notebook_bundle(
+        CacheBundleIn(notebook._executed, uri=str(notebook.path)), check_validity=False, overwrite=True
+    )
