@@ -81,7 +81,10 @@ class PageReport:
 PAGE_CHECKS_JS = r"""
 (() => {
   const main = document.querySelector('main') || document.body;
-  const text = main.innerText;
+  // Prose only: code cells and their outputs may legitimately contain TeX source.
+  const prose = main.cloneNode(true);
+  prose.querySelectorAll('pre, code, .cell_output, .output, script, style').forEach(e => e.remove());
+  const text = prose.textContent;
   const mermaidDivs = [...document.querySelectorAll('pre.mermaid, div.mermaid')];
   const imgs = [...main.querySelectorAll('img')];
   return JSON.stringify({

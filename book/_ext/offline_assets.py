@@ -28,6 +28,7 @@ def vendor_dir(srcdir: Path) -> Path:
 
 
 def _configure(app: Sphinx, config: Config) -> None:
+    config.html_static_path = list(config.html_static_path) + [str(Path(__file__).parent / "static")]
     static = vendor_dir(Path(app.srcdir))
     if (static / MATHJAX).is_file() and (static / MERMAID).is_file():
         config.html_static_path = list(config.html_static_path) + [str(static)]
@@ -79,4 +80,5 @@ def setup(app: Sphinx) -> dict:
     _unregister_future_typing_codec()
     app.connect("config-inited", _configure, priority=900)
     app.connect("html-page-context", _dedupe_scripts, priority=1000)
+    app.add_css_file("book.css")
     return {"parallel_read_safe": True, "parallel_write_safe": True}
