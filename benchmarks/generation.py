@@ -1,0 +1,160 @@
+"""Generation speed: our KV cache vs no cache, and our `generate` vs `transformers`' `generate`.
+
+    python benchmarks/generation.py                         # vocab 65 (characters), 3 repeats
+    python benchmarks/generation.py --vocab-size 50257      # GPT-2's vocabulary
+    python benchmarks/generation.py --repeats 5 --json /tmp/generation.json
+
+The model is a GPT with n_layers=6, n_heads=6, d_model=384, block_size=512 (the size of
+nanoGPT's Shakespeare model) and random GPT-2-style weights: speed does not depend on what the
+weights are. It generates 448 tokens greedily after a 64-token prompt, so the last step sees
+all 512 positions. Three ways are timed:
+
+* ``ours, KV cache``: ``companion.generation.generate(..., use_cache=True)`` (a preallocated
+  ``KVCache`` written in place when the attention layers support it, else ``torch.cat`` per
+  step; the table's header says which);
+* ``ours, no cache``: ``use_cache=False`` (the whole sequence is re-run at every step);
+* ``transformers``: ``GPT2LMHeadModel.generate(do_sample=False)`` on the same weights,
+  converted with ``companion.hf.gpt_to_hf`` (its own KV cache, PyTorch SDPA attention).
+
+Each cached run is repeated and the median reported (the no-cache run once, it is slow);
+every run is checked to produce exactly the same tokens. Runs under ``torch.inference_mode``
+in float32 on the CPU with the current ``torch.get_num_threads()`` (``--threads`` sets it; on a
+busy machine one thread is far steadier: two OpenMP threads that cannot both get a core wait
+for each other at every matrix product).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from companion.generation import KVCache, generate
+from companion.hf import gpt_to_hf
+from companion.models import GPT, GPTConfig
+
+
+def build_model(vocab_size: int, seed: int = 0) -> GPT:
+    """The benchmark's 6-layer, width-384, context-512 GPT with random weights."""
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=vocab_size, block_size=512, n_layers=6, n_heads=6, d_model=384)
+    return GPT(cfg).eval()
+
+
+def timed(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Median wall time of `repeats` calls of each fn (interleaved, so that a busy machine
+    slows them alike) and each fn's last result."""
+    times = {name: [] for name in fns}
+    outs = {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}, outs
+
+
+def run(vocab_size: int = 65, prompt_len: int = 64, new_tokens: int = 448, repeats: int = 3,
+        skip_no_cache: bool = False) -> dict:
+    """Time the three decoders and return a dict of results (seconds, tokens/s, speed-ups)."""
+    model = build_model(vocab_size)
+    hf = gpt_to_hf(model).eval()
+    gc = hf.generation_config
+    gc.eos_token_id = gc.bos_token_id = gc.pad_token_id = None  # never stop early
+    prompt = torch.randint(0, vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(prompt)
+
+    def ours_cache():
+        return generate(model, prompt, new_tokens, temperature=0, use_cache=True)
+
+    def ours_no_cache():
+        return generate(model, prompt, new_tokens, temperature=0, use_cache=False)
+
+    def theirs():
+        with torch.inference_mode():
+            return hf.generate(prompt, attention_mask=mask, do_sample=False,
+                               max_new_tokens=new_tokens)
+
+    # warm up both cached paths (first calls allocate and pick kernels)
+    generate(model, prompt, 16, temperature=0)
+    with torch.inference_mode():
+        hf.generate(prompt, attention_mask=mask, do_sample=False, max_new_tokens=16)
+
+    t, toks = timed({"ours_cache": ours_cache, "transformers": theirs}, repeats)
+    t_cache, tok_cache = t["ours_cache"], toks["ours_cache"]
+    t_hf, tok_hf = t["transformers"], toks["transformers"]
+    probe = KVCache.for_model(model, 1, 8)  # does the attention write into a preallocated cache?
+    with torch.inference_mode():
+        model(prompt[:, :4], past_kv=probe, use_cache=True)
+    result = {
+        "cache": "preallocated (in place)" if probe.length == 4 else "torch.cat per step",
+        "model": dict(n_layers=6, n_heads=6, d_model=384, block_size=512, vocab_size=vocab_size,
+                      n_params=sum(p.numel() for p in model.parameters())),
+        "prompt_len": prompt_len, "new_tokens": new_tokens, "repeats": repeats,
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "seconds": {"ours_cache": t_cache, "transformers": t_hf},
+        "same_tokens_as_transformers": bool(torch.equal(tok_cache, tok_hf)),
+    }
+    import transformers
+
+    result["transformers"] = transformers.__version__
+    if not skip_no_cache:
+        t, toks = timed({"ours_no_cache": ours_no_cache}, 1)
+        t_nocache, tok_nocache = t["ours_no_cache"], toks["ours_no_cache"]
+        result["seconds"]["ours_no_cache"] = t_nocache
+        result["same_tokens_cache_vs_no_cache"] = bool(torch.equal(tok_cache, tok_nocache))
+        result["cache_speedup"] = t_nocache / t_cache
+    result["tokens_per_s"] = {k: new_tokens / v for k, v in result["seconds"].items()}
+    result["ours_vs_transformers"] = t_hf / t_cache
+    return result
+
+
+def print_table(r: dict) -> None:
+    """Print the results as a small table."""
+    m = r["model"]
+    print(f"GPT n_layers={m['n_layers']} d_model={m['d_model']} block_size={m['block_size']} "
+          f"vocab_size={m['vocab_size']} ({m['n_params'] / 1e6:.2f}M parameters); "
+          f"{r['new_tokens']} new tokens after a {r['prompt_len']}-token prompt, greedy, "
+          f"torch {r['torch']}, transformers {r['transformers']}, {r['threads']} threads; "
+          f"our KV cache: {r['cache']}")
+    print(f"{'decoder':<22}{'seconds':>10}{'tokens/s':>12}")
+    names = {"ours_cache": "ours, KV cache", "ours_no_cache": "ours, no cache",
+             "transformers": "transformers generate"}
+    for key, name in names.items():
+        if key in r["seconds"]:
+            print(f"{name:<22}{r['seconds'][key]:>10.3f}{r['tokens_per_s'][key]:>12.1f}")
+    if "cache_speedup" in r:
+        print(f"KV cache speed-up: {r['cache_speedup']:.1f}x (same tokens: "
+              f"{r['same_tokens_cache_vs_no_cache']})")
+    print(f"ours / transformers tokens/s: {r['ours_vs_transformers']:.2f}x "
+          f"(same tokens: {r['same_tokens_as_transformers']})")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--vocab-size", type=int, default=65)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=448)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-no-cache", action="store_true", help="skip the slow no-cache run")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--json", help="also write the results to this JSON file")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    r = run(args.vocab_size, args.prompt_len, args.new_tokens, args.repeats, args.skip_no_cache)
+    print_table(r)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+    return r
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Wall time from a cold start to validation loss <= 1.89 on character-level Shakespeare.
+
+    python benchmarks/time_to_quality.py                       # the best recipe found (below)
+    python benchmarks/time_to_quality.py --text shared/data/tinyshakespeare.txt --json /tmp/ttq.json
+    python benchmarks/time_to_quality.py --dtype fp32 --lr 1e-3 --batch-size 12 --steps 2000  # reference recipe
+
+The reference trainer (SYLLABUS.md) reaches validation loss 1.886 after 2,000 iterations, about
+2 min 08 s on a 2-core CPU. The clock starts before the text is read and tokenized (after the
+Python imports) and stops at the first evaluation whose loss on the WHOLE validation split (the
+last 10% of the text, cut into non-overlapping windows: no sampling noise) is <= the target.
+A cheap estimate on a few fixed validation batches runs every `--eval-interval` steps; the full
+pass runs, and counts in the time, only when that estimate is within `--margin` of the target.
+The load average is printed: other processes on the machine make every figure slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from companion.data import load_corpus
+from companion.models import GPT, GPTConfig
+from companion.tokenization import CharTokenizer
+from companion.training import History, TrainConfig, evaluate_full, train
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--text", metavar="FILE", help="a text file instead of companion's Shakespeare")
+    p.add_argument("--target", type=float, default=1.89, help="validation loss to reach")
+    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=1000, help="schedule length (cosine ends here)")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--min-lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
+                   help="fused AdamW")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--eval-interval", type=int, default=50)
+    p.add_argument("--eval-steps", type=int, default=8, help="batches of the cheap estimate")
+    p.add_argument("--margin", type=float, default=0.03,
+                   help="run the full validation pass when the estimate is below target + margin")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="OUT", help="also write the result as JSON")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train until the full validation loss reaches the target; print and return the figures."""
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    t0, c0 = time.perf_counter(), time.process_time()
+    text = open(args.text, encoding="utf-8").read() if args.text else load_corpus("shakespeare")
+    tok = CharTokenizer(text)
+    ids = torch.tensor(tok.encode(text), dtype=torch.long)
+    n_train = int(0.9 * len(ids))
+    train_ids, val_ids = ids[:n_train], ids[n_train:]
+    torch.manual_seed(args.seed)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=args.block_size,
+                          n_layers=args.n_layers, n_heads=args.n_heads, d_model=args.d_model))
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, block_size=args.block_size,
+                      lr=args.lr, min_lr=args.min_lr, warmup_steps=args.warmup,
+                      weight_decay=args.weight_decay, eval_interval=args.eval_interval,
+                      eval_steps=args.eval_steps, device="cpu", dtype=args.dtype,
+                      fused=args.fused, compile=args.compile, seed=args.seed)
+    checks: list[dict] = []
+    reached: dict = {}
+
+    def check(step: int, history: History) -> bool:
+        if not history.eval_step or history.eval_step[-1] != step:
+            return False
+        if history.val_loss[-1] > args.target + args.margin:
+            return False
+        full = evaluate_full(model, val_ids, args.block_size, cfg=cfg)
+        checks.append({"step": step, "estimate": history.val_loss[-1], "full_val_loss": full,
+                       "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0})
+        print(f"  step {step}: estimate {history.val_loss[-1]:.4f}, full validation {full:.4f} "
+              f"at {checks[-1]['wall_s']:.1f} s", flush=True)
+        if full <= args.target:
+            reached.update(checks[-1])
+            return True
+        return False
+
+    history = train(model, train_ids, val_ids, cfg, progress=False, callback=check)
+    total = time.perf_counter() - t0
+    load_after = os.getloadavg()
+    tokens = len(history.step) * args.batch_size * args.block_size
+    result = {"reached": bool(reached), "target": args.target,
+              "seconds_to_target": reached.get("wall_s"), "cpu_seconds_to_target": reached.get("cpu_s"),
+              "step": reached.get("step"),
+              "full_val_loss": reached.get("full_val_loss"), "total_s": total,
+              "tokens_seen": tokens, "train_tokens_per_s": tokens / total, "checks": checks,
+              "n_params": sum(p.numel() for p in model.parameters()),
+              "recipe": {k: v for k, v in vars(args).items() if k not in ("json",)},
+              "threads": torch.get_num_threads(), "load_average_before": load_before,
+              "load_average_after": load_after, "corpus": args.text or "companion shakespeare"}
+    if reached:
+        print(f"validation loss {reached['full_val_loss']:.4f} <= {args.target} after "
+              f"{reached['step']} steps ({tokens:,} tokens) in {reached['wall_s']:.1f} s wall, "
+              f"{reached['cpu_s']:.1f} CPU-s on {torch.get_num_threads()} threads (reference trainer: "
+              f"~128 s wall); load average {load_before[0]:.2f} -> {load_after[0]:.2f}")
+    else:
+        last = history.val_loss[-1] if history.val_loss else float("nan")
+        print(f"target {args.target} NOT reached in {args.steps} steps ({total:.1f} s); last "
+              f"estimate {last:.4f}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
