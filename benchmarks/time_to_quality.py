@@ -10,7 +10,16 @@ Python imports) and stops at the first evaluation whose loss on the WHOLE valida
 last 10% of the text, cut into non-overlapping windows: no sampling noise) is <= the target.
 A cheap estimate on a few fixed validation batches runs every `--eval-interval` steps; the full
 pass runs, and counts in the time, only when that estimate is within `--margin` of the target.
-The load average is printed: other processes on the machine make every figure slower.
+The load average is printed: other processes on the machine make every figure slower, and the
+CPU time of the process is printed too (with `--threads 1` on a busy machine it approximates
+the wall time on a dedicated core).
+
+The default recipe is the best of those tried on companion's Shakespeare (seed 0, same model as
+the reference: 4 layers, 4 heads, width 128, context 64): batch 32, peak learning rate 5e-3
+decaying to 5e-4 over 900 steps after 50 warm-up steps, bf16 autocast, fused AdamW. It reached
+1.8886 after 750 steps (1.54M characters). Tried and worse: lr 3e-3 over 700 steps (1.912 at
+the end), lr 6e-3 over 700 (1.901), batch 64 with lr 6e-3 over 400 (1.924); lr 3e-3 over 1000
+steps needed 900 steps (1.84M characters).
 """
 
 from __future__ import annotations
@@ -38,9 +47,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=1000, help="schedule length (cosine ends here)")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--min-lr", type=float, default=3e-4)
+    p.add_argument("--steps", type=int, default=900, help="schedule length (cosine ends here)")
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--min-lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")

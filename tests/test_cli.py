@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from companion.cli import main
 
@@ -104,3 +107,21 @@ def test_python_dash_m(tmp_path):
     res = subprocess.run([sys.executable, "-m", "companion", "--help"], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0 and "companion train" in res.stdout
+
+
+@pytest.mark.slow
+def test_train_under_torchrun_equals_one_process(tmp_path, text_file):
+    """`torchrun --nproc_per_node=2 -m companion train` = one process with 2 micro-batches."""
+    common = ["train", "--text", str(text_file), *TINY, "--steps", "4", "--warmup", "1"]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    res = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "companion",
+                          *common, "--out", str(tmp_path / "ddp")], capture_output=True, text=True,
+                         timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stderr.count("finished step 4") == 1  # only rank 0 reports
+    assert main([*common, "--grad-accum-steps", "2", "--out", str(tmp_path / "one")]) == 0
+    ddp, one = (load_file(tmp_path / d / "model.safetensors") for d in ("ddp", "one"))
+    assert ddp.keys() == one.keys()
+    assert max((ddp[k] - one[k]).abs().max().item() for k in ddp) < 1e-6
+    h_ddp, h_one = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("ddp", "one"))
+    assert h_ddp["train_loss"] == pytest.approx(h_one["train_loss"], rel=1e-6)

@@ -1,7 +1,8 @@
-"""Data-parallel training: sharding, and 2 gloo processes on one CPU equal one process."""
+"""Data-parallel training: sharding, gradient accumulation, and 2 gloo processes equal one process."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -16,9 +17,9 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from companion.distributed import (
-    ddp_train,
     flat_parameters,
     max_rank_difference,
+    micro_batches,
     shard,
     zero_memory_per_device,
 )
@@ -69,20 +70,38 @@ def test_zero_memory_matches_the_paper():
         zero_memory_per_device(0)
 
 
-def test_ddp_train_without_group_equals_the_trainer():
-    """One process, no process group: ddp_train is the trainer's step, bit for bit."""
-    a, b = fresh_model(torch.float32), fresh_model(torch.float32)
-    log = ddp_train(a, token_data(), TRAIN_CFG)
-    history = train(b, token_data(), None, TRAIN_CFG, progress=False)
-    assert log["loss"] == history.train_loss
-    assert torch.equal(flat_parameters(a), flat_parameters(b))
-    assert max_rank_difference(a) == 0.0
+def test_grad_accumulation_equals_one_batch():
+    """k micro-batches of loss / k add up to the gradient of the whole batch's mean loss."""
+    runs = {}
+    for k in (1, 2, 4):
+        model = fresh_model(torch.float64)
+        history = train(model, token_data(), None, dataclasses.replace(TRAIN_CFG, grad_accum_steps=k),
+                        progress=False)
+        runs[k] = (flat_parameters(model), history.train_loss)
+    for k in (2, 4):
+        assert (runs[k][0] - runs[1][0]).abs().max().item() < 1e-12
+        assert runs[k][1] == pytest.approx(runs[1][1], rel=1e-12)
 
 
-def test_ddp_train_rejects_masked_lm():
-    with pytest.raises(ValueError, match="next-token objectives only"):
-        ddp_train(fresh_model(torch.float32), token_data(), TRAIN_CFG,
-                  objective=MaskedLM(mask_token_id=0, vocab_size=GPT_CFG.vocab_size))
+def test_accumulation_errors():
+    with pytest.raises(ValueError, match="batch_size 8 is not divisible by world_size 1 x grad_accum_steps 3"):
+        train(fresh_model(torch.float32), token_data(), None,
+              dataclasses.replace(TRAIN_CFG, grad_accum_steps=3), progress=False)
+    with pytest.raises(ValueError, match="need a next-token objective"):
+        train(fresh_model(torch.float32), token_data(), None, dataclasses.replace(TRAIN_CFG, grad_accum_steps=2),
+              objective=MaskedLM(mask_token_id=0, vocab_size=GPT_CFG.vocab_size), progress=False)
+    with pytest.raises(ValueError, match="grad_accum_steps must be >= 1"):
+        TrainConfig(grad_accum_steps=0)
+
+
+def test_micro_batches_cover_the_shard():
+    x, y = torch.arange(16).reshape(8, 2), torch.arange(16).reshape(8, 2) + 100
+    parts = list(micro_batches(x, y, rank=1, world_size=2, n_micro=2))
+    assert [tuple(p[0].shape) for p in parts] == [(2, 2), (2, 2)]
+    assert torch.equal(torch.cat([p[0] for p in parts]), x[4:])  # rank 1 holds rows 4..7
+    assert torch.equal(torch.cat([p[1] for p in parts]), y[4:])
+    with pytest.raises(ValueError, match="does not split into 3 equal micro-batches"):
+        list(micro_batches(x, y, rank=0, world_size=2, n_micro=3))
 
 
 def _free_port() -> int:
@@ -92,7 +111,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    """One rank: train a float32 and a float64 copy data-parallel; rank 0 saves the results."""
+    """One rank: the ordinary trainer under a process group (DDP); rank 0 saves the results."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -100,8 +119,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         report = {}
         for name, dtype in DTYPES.items():
             model = fresh_model(dtype)
-            log = ddp_train(model, token_data(), TRAIN_CFG)
-            report[name] = {"loss": log["loss"], "rank_difference": max_rank_difference(model)}
+            cfg = dataclasses.replace(TRAIN_CFG, out_dir=f"{out_dir}/ckpt_{name}_rank{rank}")
+            history = train(model, token_data(), token_data(), cfg, progress=False)
+            report[name] = {"loss": history.train_loss, "val_loss": history.val_loss,
+                            "rank_difference": max_rank_difference(model)}
             if rank == 0:
                 save_file({"flat": flat_parameters(model)}, f"{out_dir}/{name}.safetensors")
         if rank == 0:
@@ -112,37 +133,47 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
-    """2 gloo ranks with 4 rows each = 1 process with the global batch of 8 rows."""
+    """train() on 2 gloo ranks with 4 rows each = train() in 1 process with the global batch of 8."""
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     report = json.loads((tmp_path / "report.json").read_text())
+    torch.set_num_threads(1)  # as in the workers: the same matrix-product kernels
     for name, dtype in DTYPES.items():
-        single = fresh_model(dtype)
-        history = train(single, token_data(), None, TRAIN_CFG, progress=False)
         ddp = load_file(tmp_path / f"{name}.safetensors")["flat"]
-        diff = (ddp - flat_parameters(single)).abs().max().item()
         assert report[name]["rank_difference"] == 0.0  # the ranks hold identical copies
-        # float64: the same arithmetic up to rounding. float32: the all-reduce adds the two
-        # shards' gradients in another order than one big matrix product does (differences
-        # ~1e-8), and some true gradients are ~1e-9, below Adam's eps: Adam divides such a
-        # gradient by its own size, so its rounding noise becomes an update of up to ~lr.
-        # Measured: ~3e-5 after 4 steps at lr 1e-3; the bound below is lr / 10.
-        tol = 1e-4 if dtype == torch.float32 else 1e-12
-        assert diff < tol, f"{name}: DDP and one process differ by {diff:.3g}"
-        assert report[name]["loss"] == pytest.approx(history.train_loss, rel=1e-5)
-        assert history.train_loss[-1] < history.train_loss[0]  # it did train
+        assert (tmp_path / f"ckpt_{name}_rank0" / "model.safetensors").is_file()
+        assert not (tmp_path / f"ckpt_{name}_rank1").exists()  # only rank 0 writes checkpoints
+        diffs = {}
+        for accum in (2, 1):
+            # 2 micro-batches of 4 rows: the ranks' shards, added as DDP adds them;
+            # 1: the whole batch in one pass, the same sum rounded in another order.
+            single = fresh_model(dtype)
+            history = train(single, token_data(), token_data(),
+                            dataclasses.replace(TRAIN_CFG, grad_accum_steps=accum), progress=False)
+            diffs[accum] = (ddp - flat_parameters(single)).abs().max().item()
+            assert report[name]["loss"] == pytest.approx(history.train_loss, rel=1e-5)
+            assert report[name]["val_loss"] == pytest.approx(history.val_loss, rel=1e-5)
+            assert history.train_loss[-1] < history.train_loss[0]  # it did train
+        assert diffs[2] < 1e-6, f"{name}: DDP and one process with the same micro-batches differ by {diffs[2]:.3g}"
+        # Against the single pass: float64 agrees to rounding. In float32 the different summation
+        # order changes gradients by ~1e-8, and some true gradients are ~1e-9, below Adam's eps:
+        # Adam divides such a gradient by its own size, so its rounding noise becomes an update of
+        # a sizeable fraction of lr (measured ~3e-5 after 4 steps at lr 1e-3); the bound is lr / 10.
+        assert diffs[1] < (1e-12 if dtype == torch.float64 else 1e-4), f"{name}: {diffs[1]:.3g}"
 
 
 @pytest.mark.slow
 def test_torchrun_entry_point(tmp_path):
-    """`torchrun --nproc_per_node=2 -m companion.distributed` runs and the ranks agree."""
+    """`torchrun --nproc_per_node=2 -m companion.distributed` runs and equals one process."""
     out = tmp_path / "ddp.json"
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "companion.distributed",
-           "--steps", "3", "--chars", "20000", "--dtype", "float64", "--compare", "--out", str(out)]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+           "--steps", "3", "--chars", "20000", "--compare", "--out", str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["world_size"] == 2 and report["backend"] == "gloo"
+    assert report["world_size"] == 2 and report["backend"] == "gloo" and report["dtype"] == "float32"
     assert report["max_rank_difference"] == 0.0
-    assert report["max_difference_vs_single_process"] < 1e-12
+    assert report["max_difference_vs_single_process"] < 1e-6
+    assert report["max_difference_vs_single_batch"] < 1e-4
     assert "rank 1/2" in result.stdout and "rank 0/2" in result.stdout

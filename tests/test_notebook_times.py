@@ -47,8 +47,16 @@ def measured(tmp_path_factory):
     common = ["--out", str(out), "--markdown", str(md), "--timeout", "120"]
     status_bad = notebook_times.main([str(bad), *common])
     # A second run with --update adds the good notebook and keeps the broken one's row.
-    status_good = notebook_times.main([str(good), *common, "--update"])
+    status_good = notebook_times.main([str(good), *common, "--update", "--save-executed", str(tmp / "executed")])
     return (status_bad, status_good), json.loads(out.read_text()), md.read_text()
+
+
+def test_save_executed_writes_the_notebook_with_its_outputs(measured, tmp_path_factory):
+    executed = sorted(tmp_path_factory.getbasetemp().glob("notebook_times*/executed/01_tiny.ipynb"))
+    assert executed, "--save-executed wrote nothing"
+    nb = nbformat.read(executed[-1], as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert any("CompletedProcess" in str(o.get("data", {})) for o in outputs)
 
 
 def test_exit_status_reports_the_failure_of_this_run(measured):

@@ -278,6 +278,9 @@ def test_history_json_roundtrip_and_plot(tmp_path):
     from companion.plotting import plot_history, smooth
     ax = plot_history(h)
     assert ax.get_xlabel() == "step" and len(ax.get_lines()) == 3
+    smoothed, raw, val = ax.get_lines()
+    assert smoothed.get_color() == raw.get_color() == val.get_color()  # one colour per run
+    assert list(val.get_ydata()) == h.val_loss
     assert smooth([1, 2, 3, 4], 2).tolist() == [1.0, 1.5, 2.5, 3.5]
 
 

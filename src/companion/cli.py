@@ -23,6 +23,8 @@ examples:
   companion train --text notes.txt --tokenizer bpe --vocab-size 512 --dtype bf16 --out runs/notes
   # continue a run up to 4000 steps (weights, optimizer, data position and RNG are restored)
   companion train shakespeare --steps 4000 --out runs/shakespeare-char --resume
+  # data-parallel on 2 processes (DistributedDataParallel; gloo on CPUs, nccl on GPUs)
+  torchrun --standalone --nproc_per_node=2 -m companion train shakespeare --out runs/ddp
 """
 
 SAMPLE_EXAMPLES = """\
@@ -83,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dropout", type=float, default=0.0, help="dropout probability")
     opt = t.add_argument_group("training")
     opt.add_argument("--steps", type=int, default=2000, help="optimizer steps in all")
-    opt.add_argument("--batch-size", type=int, default=12, help="sequences per step")
+    opt.add_argument("--batch-size", type=int, default=12,
+                     help="sequences per step (under torchrun: all ranks together)")
+    opt.add_argument("--grad-accum-steps", type=int, default=1,
+                     help="split each batch into this many micro-batches (same result, less memory)")
     opt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     opt.add_argument("--min-lr", type=float, default=1e-4, help="learning rate after the cosine decay")
     opt.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
@@ -143,6 +148,25 @@ def _read_text(args: argparse.Namespace) -> str:
     return load_corpus(args.corpus)
 
 
+def _init_distributed(device: str | None) -> tuple[str | None, int]:
+    """Under torchrun (WORLD_SIZE > 1) join the process group; return (device, rank)."""
+    import torch
+    import torch.distributed as dist
+
+    from companion.distributed import default_backend, env_rank_world
+    from companion.utils import get_device
+
+    rank, local_rank, world_size = env_rank_world()
+    if world_size == 1:
+        return device, 0
+    chosen = get_device(device)
+    if chosen.type == "cuda":  # one GPU per rank
+        chosen = torch.device("cuda", local_rank)
+        torch.cuda.set_device(chosen)
+    dist.init_process_group(default_backend(chosen))
+    return str(chosen), rank
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """`companion train`: tokenize, build (or restore) the GPT, train, save."""
     import torch
@@ -154,6 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device, rank = _init_distributed(args.device)
     if not 0.0 < args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     out = Path(args.out)
@@ -179,23 +204,29 @@ def cmd_train(args: argparse.Namespace) -> int:
                       lr=args.lr, min_lr=min(args.min_lr, args.lr), warmup_steps=args.warmup,
                       weight_decay=args.weight_decay, grad_clip=args.grad_clip,
                       eval_interval=args.eval_interval, eval_steps=args.eval_steps,
-                      device=args.device, dtype=args.dtype, compile=args.compile, seed=args.seed,
+                      grad_accum_steps=args.grad_accum_steps, device=device, dtype=args.dtype, compile=args.compile, seed=args.seed,
                       out_dir=str(out), ckpt_interval=args.ckpt_interval)
     torch.manual_seed(args.seed)
     model = GPT(model_cfg)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary "
-          f"{tokenizer.vocab_size}; GPT with {n_params / 1e6:.2f}M parameters", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out / TOKENIZER_FILE)
-    history = train(model, train_ids, val_ids, cfg, resume_from=out if args.resume else None,
-                    progress=not args.quiet, tokenizer=tokenizer)
-    history.save_json(out / HISTORY_FILE)
+    say = (lambda *a, **k: print(*a, **k, file=sys.stderr)) if rank == 0 else (lambda *a, **k: None)
+    say(f"{len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary "
+        f"{tokenizer.vocab_size}; GPT with {n_params / 1e6:.2f}M parameters")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(out / TOKENIZER_FILE)
+    try:
+        history = train(model, train_ids, val_ids, cfg, resume_from=out if args.resume else None,
+                        progress=not args.quiet, tokenizer=tokenizer)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if rank == 0:
+        history.save_json(out / HISTORY_FILE)
     val = f", validation loss {history.val_loss[-1]:.4f}" if history.val_loss else ""
     state = "interrupted at" if history.interrupted else "finished"
-    print(f"{state} step {history.step[-1] if history.step else 0}: training loss "
-          f"{history.train_loss[-1] if history.train_loss else float('nan'):.4f}{val}; "
-          f"saved to {out}", file=sys.stderr)
+    say(f"{state} step {history.step[-1] if history.step else 0}: training loss "
+        f"{history.train_loss[-1] if history.train_loss else float('nan'):.4f}{val}; saved to {out}")
     return 130 if history.interrupted else 0
 
 

@@ -1,27 +1,31 @@
 """Data-parallel training with PyTorch's DistributedDataParallel (DDP), on CPUs or GPUs.
 
-Every process (a *rank*) holds a full copy of the model. All ranks draw the same global batch
-of `cfg.batch_size` windows (the same sampler seed) and each keeps its own shard of
-`cfg.batch_size / world_size` rows; DDP all-reduces (averages) the gradients during
-`backward()`, so every rank applies the same update and the copies never drift apart. With
-shards of equal size the averaged gradient is exactly the gradient of the mean loss over the
-global batch, so N processes compute what one process computes on the whole batch.
+Every process (a *rank*) holds a full copy of the model. `companion.training.train` notices an
+initialised process group: all ranks draw the same global batch of `cfg.batch_size` windows (the
+same sampler seed), each keeps its own shard of `cfg.batch_size / world_size` rows, and DDP
+all-reduces (averages) the gradients during `backward()`, so every rank applies the same update
+and the copies never drift apart. With shards of equal size the averaged gradient is exactly the
+gradient of the mean loss over the global batch, so W processes compute what one process computes
+on the whole batch, and exactly what one process computes with `grad_accum_steps = W` (the same
+micro-batches, the same additions).
 
-    torchrun --standalone --nproc_per_node=2 -m companion.distributed --steps 5
+    torchrun --standalone --nproc_per_node=2 -m companion.distributed --steps 5 --compare
 
-The optimizer, learning-rate schedule, batching and loss are the trainer's own pieces
-(`companion.training`); this module only adds the process group, the sharding and DDP.
+This module holds the pieces `train` uses (the process group, the sharding, the DDP wrapper), a
+check that the ranks agree, ZeRO's memory arithmetic, and the `torchrun` entry point.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime as dt
 import json
-import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,9 +34,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from companion.batching import BlockSampler, as_token_tensor
-from companion.objectives import resolve_objective
-from companion.training import TrainConfig, lr_at, make_optimizer, model_loss
 from companion.utils import set_seed
 
 
@@ -47,6 +48,13 @@ def env_rank_world() -> tuple[int, int, int]:
             int(os.environ.get("WORLD_SIZE", 1)))
 
 
+def process_group() -> tuple[int, int]:
+    """(rank, world_size) of the initialised default process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def shard(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """Rows [rank * b, (rank + 1) * b) of a (B, ...) batch, b = B / world_size."""
     if world_size < 1 or not 0 <= rank < world_size:
@@ -58,60 +66,27 @@ def shard(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     return batch[rank * b:(rank + 1) * b]  # (B / world_size, ...)
 
 
-def ddp_train(model: nn.Module, train_data: Any, cfg: TrainConfig, *, objective: Any = "clm",
-              device: torch.device | str | None = None) -> dict[str, list[float]]:
-    """Train `model` for `cfg.steps` steps, data-parallel over the initialised process group.
-
-    Without an initialised process group it runs as one process (world_size 1). The schedule
-    (`lr_at`), optimizer (`make_optimizer`), batches (`BlockSampler` with seed `cfg.seed`) and loss
-    (`model_loss`) are those of `companion.training.train`, so with the same config the result
-    equals a single-process `train(...)` run on the global batch (up to float rounding).
-    Returns {"step", "loss" (mean over the global batch), "lr", "grad_norm"}.
-    """
-    distributed = dist.is_available() and dist.is_initialized()
-    rank = dist.get_rank() if distributed else 0
-    world_size = dist.get_world_size() if distributed else 1
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+def wrap_ddp(model: nn.Module, device: torch.device) -> DDP:
+    """Wrap `model` (already on `device`) in DistributedDataParallel for the current group."""
     if device.type == "cuda" and device.index is None:  # DDP needs the device index
         device = torch.device("cuda", torch.cuda.current_device())
-    obj = resolve_objective(objective, model)
-    if obj.extra_tokens != 1:
-        raise ValueError(f"ddp_train supports next-token objectives only, got {obj.name!r}: with "
-                         "masked LM the shards hold different numbers of targets")
-    train_data = as_token_tensor(train_data, "train data")
-    shard(torch.empty(cfg.batch_size), rank, world_size)  # checks divisibility up front
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    set_seed(cfg.seed)  # as train() does: same global RNG state on every rank
-    model.to(device).train()
-    optimizer = make_optimizer(model, cfg, device)  # on the plain module: DDP wraps the same tensors
-    ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
-    sampler = BlockSampler(train_data, cfg.batch_size, obj.window_length(cfg.block_size), seed=cfg.seed)
-    log: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "grad_norm": []}
-    for step in range(cfg.steps):
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, y = obj(sampler.next(), sampler.generator)  # (B, T) each: the global batch, on every rank
-        x, y = shard(x, rank, world_size).to(device), shard(y, rank, world_size).to(device)  # (B/W, T)
-        loss = model_loss(ddp_model, x, y)  # mean over this rank's shard
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # DDP averages the gradients over the ranks here
-        norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if cfg.grad_clip > 0 else torch.tensor(float("nan")))
-        optimizer.step()
-        mean_loss = loss.detach().clone()
-        if distributed:
-            dist.all_reduce(mean_loss, op=dist.ReduceOp.SUM)
-            mean_loss /= world_size
-        value = mean_loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss is {value} at step {step + 1}")
-        log["step"].append(step + 1)
-        log["loss"].append(value)
-        log["lr"].append(lr)
-        log["grad_norm"].append(float(norm))
-    model.eval()
-    return log
+
+def micro_batches(x: torch.Tensor, y: torch.Tensor, rank: int, world_size: int, n_micro: int,
+                  ddp: DDP | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
+    """This rank's rows of the global batch (x, y), as `n_micro` equal micro-batches.
+
+    Yields (x_micro, y_micro, context): run the micro-batch's forward and backward inside
+    `context`, which is DDP's `no_sync()` for all but the last micro-batch (its gradients only
+    accumulate locally) and does nothing otherwise.
+    """
+    xs, ys = shard(x, rank, world_size), shard(y, rank, world_size)  # (B / W, T)
+    if xs.size(0) % n_micro:
+        raise ValueError(f"a shard of {xs.size(0)} rows does not split into {n_micro} equal micro-batches")
+    for i, (xm, ym) in enumerate(zip(xs.chunk(n_micro), ys.chunk(n_micro))):  # (B / (W k), T)
+        last = i == n_micro - 1
+        yield xm, ym, (ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext())
 
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:
@@ -179,6 +154,7 @@ def _demo_data(n_chars: int) -> tuple[torch.Tensor, int]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Entry point for torchrun: train a small GPT data-parallel and check the ranks agree."""
     from companion.models import GPT, GPTConfig
+    from companion.training import TrainConfig, train
 
     p = argparse.ArgumentParser(prog="python -m companion.distributed",
                                 description="Data-parallel GPT training (run it under torchrun).")
@@ -191,11 +167,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--chars", type=int, default=100_000, help="characters of Shakespeare to use")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (one GPU per rank)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="parameter dtype (float64 makes the comparison with one process exact "
-                   "to ~1e-15; in float32 Adam magnifies rounding noise in near-zero gradients)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="parameter dtype")
     p.add_argument("--compare", action="store_true",
-                   help="rank 0 also trains one process on the global batch and reports the difference")
+                   help="rank 0 then trains the same model in one process, with the ranks' shards as "
+                   "micro-batches and with the whole batch at once, and reports the differences")
     p.add_argument("--out", default=None, help="rank 0 writes its JSON report here")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
@@ -216,11 +191,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     set_seed(0)
     model = GPT(gcfg).to(dtype)
     t0 = time.perf_counter()
-    log = ddp_train(model, data, cfg, device=device)
+    history = train(model, data, None, cfg, progress=False)  # DDP: the process group is initialised
     seconds = time.perf_counter() - t0
     rank_diff = max_rank_difference(model)
     line = (f"rank {rank}/{world_size} ({backend}, {device}): losses "
-            + " ".join(f"{v:.4f}" for v in log["loss"])
+            + " ".join(f"{v:.4f}" for v in history.train_loss)
             + f" | parameter checksum {flat_parameters(model).sum().item():.10f}")
     lines = [line]
     if dist.is_initialized():  # rank 0 prints every rank's line, in rank order
@@ -229,26 +204,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if rank == 0:
         print("\n".join(lines), flush=True)
     report = {"world_size": world_size, "backend": backend, "device": str(device), "dtype": args.dtype,
-              "loss": log["loss"], "seconds": round(seconds, 3), "max_rank_difference": rank_diff,
+              "loss": history.train_loss, "seconds": round(seconds, 3), "max_rank_difference": rank_diff,
               "torch_version": torch.__version__}
-    if args.compare and rank == 0:  # the same run on one process with the whole global batch
-        set_seed(0)
-        single = GPT(gcfg).to(dtype)
-        from companion.training import train
-        history = train(single, data, None, cfg, progress=False)
-        report["single_process_loss"] = history.train_loss
-        report["max_difference_vs_single_process"] = float(
-            (flat_parameters(single) - flat_parameters(model)).abs().max())
-    if rank == 0:
-        print(f"max parameter difference between ranks: {rank_diff:.3g}", flush=True)
-        if "max_difference_vs_single_process" in report:
-            print(f"max parameter difference vs one process: "
-                  f"{report['max_difference_vs_single_process']:.3g}", flush=True)
-        if args.out:
-            Path(args.out).write_text(json.dumps(report, indent=1))
-    if dist.is_initialized():
+    if dist.is_initialized():  # the data-parallel part is over
         dist.barrier()
         dist.destroy_process_group()
+    if args.compare and rank == 0:  # the same run in one process, on the same global batches
+        for key, accum in (("single_process", world_size), ("single_batch", 1)):
+            # grad_accum_steps = W: the ranks' shards as micro-batches, the same arithmetic as DDP;
+            # 1: the whole global batch in one pass (the same sum, in another rounding order)
+            set_seed(0)
+            single = GPT(gcfg).to(dtype)
+            h = train(single, data, None, dataclasses.replace(cfg, grad_accum_steps=accum), progress=False)
+            report[f"{key}_loss"] = h.train_loss
+            report[f"max_difference_vs_{key}"] = float(
+                (flat_parameters(single) - flat_parameters(model)).abs().max())
+    if rank == 0:
+        print(f"max parameter difference between ranks: {rank_diff:.3g}", flush=True)
+        if args.compare:
+            print("max parameter difference vs one process with the ranks' shards as micro-batches: "
+                  f"{report['max_difference_vs_single_process']:.3g}", flush=True)
+            print("max parameter difference vs one process with the whole batch in one pass: "
+                  f"{report['max_difference_vs_single_batch']:.3g}", flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=1))
     return report
 
 

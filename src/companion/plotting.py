@@ -33,11 +33,11 @@ def plot_history(history: Any, ax: Any = None, *, label: str | None = None, smoo
     name = f"{label}: " if label else ""
     steps, loss = h.get("step", []), h.get("train_loss", [])
     if len(loss):
-        if raw and smooth_window > 1:
-            ax.plot(steps, loss, color=color, alpha=0.2, linewidth=0.8)
         line, = ax.plot(steps, smooth(loss, smooth_window), color=color, linewidth=1.5,
                         label=f"{name}train")
         color = line.get_color()
+        if raw and smooth_window > 1:  # the noisy per-step losses, faint, in the same colour
+            ax.plot(steps, loss, color=color, alpha=0.2, linewidth=0.8)
     if h.get("val_loss"):
         ax.plot(h["eval_step"], h["val_loss"], "o--", color=color, markersize=4,
                 label=f"{name}validation")

@@ -1,5 +1,6 @@
 """One training loop for every chapter: AdamW, warm-up + cosine schedule, clipping, evaluation,
-progress bar, checkpoints that resume exactly, and a clean stop on Ctrl-C.
+progress bar, checkpoints that resume exactly, a clean stop on Ctrl-C, gradient accumulation,
+and data parallelism (DDP) when it runs under `torchrun` (see `companion.distributed`).
 
     cfg = TrainConfig(steps=2000, batch_size=12, block_size=64, lr=1e-3)
     history = train(model, train_ids, val_ids, cfg)            # next-token prediction
@@ -40,7 +41,8 @@ class TrainConfig:
     """Everything a training run needs besides the model and the data."""
 
     steps: int = 2000  # optimizer steps in all (a resumed run continues up to this)
-    batch_size: int = 12
+    batch_size: int = 12  # the global batch: all micro-batches and all data-parallel ranks together
+    grad_accum_steps: int = 1  # split each batch into this many micro-batches (same update, less memory)
     block_size: int = 64  # context length of each training example
     lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
     min_lr: float = 1e-4  # learning rate at the end of the cosine decay
@@ -71,7 +73,7 @@ class TrainConfig:
                              f"got {self.attention_backend!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        for name in ("steps", "batch_size", "block_size", "eval_steps"):
+        for name in ("steps", "batch_size", "block_size", "eval_steps", "grad_accum_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
@@ -167,9 +169,16 @@ class History:
         return f"History({len(self.step)} steps, {last}{val})"
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside torch.compile's and DistributedDataParallel's wrappers."""
+    while hasattr(model, "_orig_mod") or type(model).__name__ == "DistributedDataParallel":
+        model = getattr(model, "_orig_mod", None) or model.module
+    return model
+
+
 def target_keyword(model: nn.Module) -> str | None:
     """The name under which `model.forward` takes targets: "targets" (GPT), "labels" (HF, BERT)."""
-    return _target_keyword(type(getattr(model, "_orig_mod", model)))  # look through torch.compile
+    return _target_keyword(type(unwrap(model)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -294,6 +303,12 @@ def train(model: nn.Module, train_data: Any, val_data: Any, cfg: TrainConfig, *,
     `callback(step, history)` runs after every step; returning True stops training early.
     Ctrl-C stops cleanly: the last consistent state is saved to `cfg.out_dir` (if set) and the
     history so far is returned with `interrupted=True`.
+
+    With `cfg.grad_accum_steps = k` each batch of `cfg.batch_size` rows is run as k micro-batches
+    whose gradients (of loss / k) add up to the gradient of the whole batch's mean loss. Under an
+    initialised process group (`torchrun`), each of the W ranks takes its own rows of every global
+    batch and DistributedDataParallel averages the gradients, so the run computes what one process
+    computes with `grad_accum_steps = W * k`; only rank 0 shows progress and writes checkpoints.
     """
     obj = resolve_objective(objective, model)
     device = get_device(cfg.device)
@@ -314,7 +329,20 @@ def train(model: nn.Module, train_data: Any, val_data: Any, cfg: TrainConfig, *,
         check_fits(model, val_data, "val data")
     obj.check_vocab(_vocab_size(model) or 2**62)
 
-    set_seed(cfg.seed)
+    from companion.distributed import micro_batches, process_group, wrap_ddp
+    rank, world_size = process_group()
+    n_micro = world_size * cfg.grad_accum_steps
+    if n_micro > 1:
+        if obj.extra_tokens != 1:
+            raise ValueError(f"gradient accumulation and data parallelism need a next-token objective, "
+                             f"got {obj.name!r}: the micro-batches of a masked LM hold different "
+                             "numbers of targets, so their mean losses do not add up to the batch's")
+        if cfg.batch_size % n_micro:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by world_size {world_size} x "
+                             f"grad_accum_steps {cfg.grad_accum_steps} = {n_micro}: every micro-batch "
+                             "needs the same number of rows")
+
+    set_seed(cfg.seed)  # the same on every rank: the ranks draw the same global batches
     model.to(device).train()
     optimizer = make_optimizer(model, cfg, device)
     sampler = BlockSampler(train_data, cfg.batch_size, window, seed=cfg.seed)
@@ -326,7 +354,10 @@ def train(model: nn.Module, train_data: Any, val_data: Any, cfg: TrainConfig, *,
         history = History.from_dict(meta["history"] or {})
         history.interrupted = False
         start = int(meta["step"])
-    run_model = torch.compile(model) if cfg.compile else model
+    ddp = wrap_ddp(model, device) if world_size > 1 else None
+    run_model = ddp if ddp is not None else model
+    run_model = torch.compile(run_model) if cfg.compile else run_model
+    eval_model = model if world_size > 1 else run_model  # every rank evaluates its identical copy
     t_offset = history.wall_time[-1] if history.wall_time else 0.0
     t0 = time.perf_counter()
 
@@ -336,19 +367,19 @@ def train(model: nn.Module, train_data: Any, val_data: Any, cfg: TrainConfig, *,
     def run_eval(step: int) -> None:
         if val_data is None or (history.eval_step and history.eval_step[-1] == step):
             return
-        loss = evaluate(run_model, val_data, cfg, obj, device)
+        loss = evaluate(eval_model, val_data, cfg, obj, device)
         history.eval_step.append(step)
         history.val_loss.append(loss)
         history.eval_wall_time.append(clock())
 
     def checkpoint(step: int, snap: tuple) -> None:
-        if cfg.out_dir is not None:
+        if cfg.out_dir is not None and rank == 0:
             save_checkpoint(cfg.out_dir, model, optimizer, step=step, train_config=cfg.to_dict(),
                             data_state=snap[0], rng=snap[1], history=history.to_dict(),
                             extra={"objective": obj.name})
 
     tokens = cfg.batch_size * cfg.block_size
-    bar = _progress(cfg.steps, start, progress)
+    bar = _progress(cfg.steps, start, progress and rank == 0)
     step, updating = start, False
     snap = (sampler.state_dict(), rng_state())  # state after `step` completed steps
     try:
@@ -359,15 +390,26 @@ def train(model: nn.Module, train_data: Any, val_data: Any, cfg: TrainConfig, *,
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = obj(sampler.next(), sampler.generator)  # (B, T) each
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with precision_context(device, cfg):
-                loss = model_loss(run_model, x, y)
+            x, y = obj(sampler.next(), sampler.generator)  # (B, T) each: the global batch
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_sum = None
+            for xm, ym, no_sync in micro_batches(x, y, rank, world_size, cfg.grad_accum_steps, ddp):
+                # xm, ym: (B / (W k), T), this rank's rows; `no_sync` holds back DDP's all-reduce
+                # of the gradients until the last micro-batch
+                with no_sync:
+                    with precision_context(device, cfg):
+                        loss = model_loss(run_model, xm.to(device, non_blocking=True),
+                                          ym.to(device, non_blocking=True))
+                    if cfg.grad_accum_steps > 1:
+                        loss = loss / cfg.grad_accum_steps
+                    loss.backward()  # adds to .grad; under DDP, averaged over the ranks at the last one
+                loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            if world_size > 1:  # the mean loss over the global batch, for the history
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum /= world_size
             norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     if cfg.grad_clip > 0 else torch.tensor(float("nan")))
-            loss_value = loss.item()
+            loss_value = loss_sum.item()
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss is {loss_value} at step {step + 1}: lower lr "
                                          f"(now {lr:.2e}) or check the data and model")

@@ -124,8 +124,13 @@ def notebook_title(nb: nbformat.NotebookNode, path: Path) -> str:
     return path.stem
 
 
-def run_notebook(path: Path, timeout: int = 1800, kernel_name: str = "python3") -> dict[str, Any]:
-    """Execute one notebook in a fresh kernel; return its wall time, peak memory and status."""
+def run_notebook(
+    path: Path, timeout: int = 1800, kernel_name: str = "python3", save_to: Path | None = None
+) -> dict[str, Any]:
+    """Execute one notebook in a fresh kernel; return its wall time, peak memory and status.
+
+    With `save_to`, the executed notebook (outputs included, as far as it ran) is written there.
+    """
     nb = nbformat.read(path, as_version=4)
     n_code = sum(1 for c in nb.cells if c.cell_type == "code")
     client = NotebookClient(
@@ -160,6 +165,9 @@ def run_notebook(path: Path, timeout: int = 1800, kernel_name: str = "python3") 
     except Exception as exc:  # a timeout or a dead kernel: report it, go on with the others
         status, error = "error", f"{type(exc).__name__}: {exc}"[:500]
     wall = time.perf_counter() - t0
+    if save_to is not None:
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, save_to)
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     monitor = state["monitor"]
     if monitor is not None:
@@ -271,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--update", action="store_true", help="keep the rows of notebooks not run now from the existing --out file"
     )
+    parser.add_argument(
+        "--save-executed", type=Path, metavar="DIR", help="also write each executed notebook, with outputs, to DIR"
+    )
     args = parser.parse_args(argv)
 
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -314,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     rows_now: list[dict[str, Any]] = []
     for path in paths:
         print(f"running {path.name} ...", file=sys.stderr, flush=True)
-        row = run_notebook(path.resolve(), timeout=args.timeout)
+        save_to = args.save_executed / path.name if args.save_executed else None
+        row = run_notebook(path.resolve(), timeout=args.timeout, save_to=save_to)
         print(
             f"  {row['status']}: {row['wall_s']:.1f} s, peak {peak_mb(row):.0f} MB"
             + (f"  ({row['error']})" if row["error"] else ""),
