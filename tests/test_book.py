@@ -6,11 +6,12 @@ The build executes every notebook, so this module is slow (minutes); with pytest
 
 from __future__ import annotations
 
+import html.parser
 import os
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urldefrag, urlparse
 
 import pytest
 
@@ -58,6 +59,76 @@ def test_chapter_pages_have_figures(built_html):
         assert "Traceback (most recent call last)" not in html, f"{page} shows a traceback"
 
 
+class _LinkParser(html.parser.HTMLParser):
+    """Collect the ids of a page and the targets of its links and images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.add(a["id"])
+        if tag == "a" and a.get("name"):
+            self.ids.add(a["name"])
+        target = a.get("href") if tag in ("a", "link") else a.get("src") if tag in ("img", "script") else None
+        if target:
+            self.links.append(target)
+
+
+def parse_page(path: Path) -> _LinkParser:
+    parser = _LinkParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def broken_links(html_root: Path, pages: list[str]) -> list[str]:
+    """Every internal link of `pages` whose file is missing, or whose #fragment is not an id there."""
+    parsed: dict[Path, _LinkParser] = {}
+
+    def page(path: Path) -> _LinkParser:
+        if path not in parsed:
+            parsed[path] = parse_page(path)
+        return parsed[path]
+
+    problems = []
+    for name in pages:
+        source = html_root / name
+        for link in page(source).links:
+            url = urlparse(link)
+            if url.scheme or url.netloc or link.startswith(("mailto:", "javascript:", "data:")):
+                continue  # external: not checked offline (the browser test blocks such requests)
+            target_path, fragment = urldefrag(link)
+            target = (source.parent / unquote(target_path)).resolve() if target_path else source
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.is_file():
+                problems.append(f"{name}: {link} (no such file)")
+            elif fragment and target.suffix == ".html" and unquote(fragment) not in page(target).ids:
+                problems.append(f"{name}: {link} (no id {fragment!r} in {target.name})")
+    return problems
+
+
+def test_internal_links_resolve(built_html):
+    """Every link between pages, to a section anchor, to an image or a stylesheet exists."""
+    problems = broken_links(built_html, [*page_paths(), "index.html"])
+    assert problems == [], "broken internal links:\n" + "\n".join(problems)
+
+
+def test_link_checker_finds_broken_links(tmp_path):
+    (tmp_path / "a.html").write_text('<h1 id="top">A</h1><a href="b.html#there">ok</a>'
+                                     '<a href="b.html#gone">bad</a><a href="c.html">bad</a>'
+                                     '<img src="img/x.png"><a href="https://example.org">ext</a>')
+    (tmp_path / "b.html").write_text('<section id="there"><a href="a.html#top">back</a></section>')
+    assert broken_links(tmp_path, ["a.html", "b.html"]) == [
+        "a.html: b.html#gone (no id 'gone' in b.html)",
+        "a.html: c.html (no such file)",
+        "a.html: img/x.png (no such file)",
+    ]
+
+
 def test_no_third_party_javascript_committed():
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     vendored = [f for f in tracked if f.endswith((".js", ".mjs")) and not f.startswith("tests/")]
@@ -89,6 +160,7 @@ def test_pages_render_offline(built_html, browser):
             checks = report.checks
             assert checks["mathjax_errors"] == 0, f"{page}: MathJax reported errors"
             assert checks["raw_display_math"] == 0, f"{page}: unrendered $$ in the text"
+            assert checks["raw_tex_commands"] == 0, f"{page}: unrendered TeX commands in the text"
             assert checks["mermaid_svgs"] == checks["mermaid_blocks"], (
                 f"{page}: {checks['mermaid_blocks']} Mermaid blocks but {checks['mermaid_svgs']} rendered SVGs")
             assert checks["broken_images"] == [], f"{page}: broken images {checks['broken_images']}"

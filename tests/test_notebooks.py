@@ -96,3 +96,17 @@ def test_toc_lists_only_existing_files():
     for entry in toc_files():
         candidates = [ROOT / f"{entry}{ext}" for ext in (".md", ".ipynb")]
         assert any(c.exists() for c in candidates), f"_toc.yml lists {entry}, which does not exist"
+
+
+PAGES = sorted((ROOT / "book").glob("*.md"))
+UNFINISHED = re.compile(r"\b(PLACEHOLDER\w*|TODO|TBD|FIXME|XXX)\b|lorem ipsum|\{[A-Z][A-Z0-9_]*\}")
+CODE = re.compile(r"```.*?```|`[^`\n]+`", re.S)
+MATH = re.compile(r"\$\$.*?\$\$|\$[^$]+?\$", re.S)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + PAGES, ids=lambda p: p.name)
+def test_no_unfinished_text(path):
+    """No placeholder, to-do mark or unfilled template field (such as {CH7}) in the prose."""
+    text = markdown(load(path)) if path.suffix == ".ipynb" else path.read_text(encoding="utf-8")
+    found = sorted({m.group(0) for m in UNFINISHED.finditer(MATH.sub(" ", CODE.sub(" ", text).replace("\\$", "")))})
+    assert not found, f"{path.name} holds unfinished text: {found}"
