@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import unquote, urldefrag, urlparse
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -100,8 +100,8 @@ def broken_links(html_root: Path, pages: list[str]) -> list[str]:
             url = urlparse(link)
             if url.scheme or url.netloc or link.startswith(("mailto:", "javascript:", "data:")):
                 continue  # external: not checked offline (the browser test blocks such requests)
-            target_path, fragment = urldefrag(link)
-            target = (source.parent / unquote(target_path)).resolve() if target_path else source
+            target_path, fragment = unquote(url.path), url.fragment  # without ?query and #fragment
+            target = (source.parent / target_path).resolve() if target_path else source
             if target.is_dir():
                 target = target / "index.html"
             if not target.is_file():
@@ -119,6 +119,7 @@ def test_internal_links_resolve(built_html):
 
 def test_link_checker_finds_broken_links(tmp_path):
     (tmp_path / "a.html").write_text('<h1 id="top">A</h1><a href="b.html#there">ok</a>'
+                                     '<link href="b.html?v=3"><a href="#top">self</a>'
                                      '<a href="b.html#gone">bad</a><a href="c.html">bad</a>'
                                      '<img src="img/x.png"><a href="https://example.org">ext</a>')
     (tmp_path / "b.html").write_text('<section id="there"><a href="a.html#top">back</a></section>')

@@ -110,3 +110,22 @@ def test_no_unfinished_text(path):
     text = markdown(load(path)) if path.suffix == ".ipynb" else path.read_text(encoding="utf-8")
     found = sorted({m.group(0) for m in UNFINISHED.finditer(MATH.sub(" ", CODE.sub(" ", text).replace("\\$", "")))})
     assert not found, f"{path.name} holds unfinished text: {found}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + PAGES, ids=lambda p: p.name)
+def test_no_accidental_block_syntax(path):
+    """A line of prose that starts with '>', '+ ' or '- ' in mid-paragraph becomes a quote or a list
+    (and breaks any $...$ that spans the line break): wrap the line elsewhere."""
+    cells = ([("".join(c["source"])) for c in load(path)["cells"] if c["cell_type"] == "markdown"]
+             if path.suffix == ".ipynb" else [path.read_text(encoding="utf-8")])
+    problems = []
+    for text in cells:
+        lines = CODE.sub(lambda m: "\n" * m.group(0).count("\n"), text).split("\n")
+        for prev, line in zip(lines, lines[1:]):
+            if not prev.strip() or prev.lstrip().startswith((">", "|", "#", "-", "+", "*")):
+                continue  # a new block may start here
+            if re.match(r">\s|[+-]\s", line) and prev.count("$") % 2 == 1:
+                problems.append(f"{prev[-40:]!r} / {line[:40]!r}")
+            elif line.startswith("> "):
+                problems.append(f"{prev[-40:]!r} / {line[:40]!r}")
+    assert not problems, f"{path.name}: lines that start a block in mid-paragraph: {problems}"
