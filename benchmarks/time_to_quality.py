@@ -57,6 +57,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.99), metavar=("BETA1", "BETA2"),
+                   help="AdamW's moment decay rates")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                    help="fused AdamW")
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
                           n_layers=args.n_layers, n_heads=args.n_heads, d_model=args.d_model))
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, block_size=args.block_size,
                       lr=args.lr, min_lr=args.min_lr, warmup_steps=args.warmup,
-                      weight_decay=args.weight_decay, eval_interval=args.eval_interval,
+                      weight_decay=args.weight_decay, betas=tuple(args.betas),
+                      eval_interval=args.eval_interval,
                       eval_steps=args.eval_steps, device="cpu", dtype=args.dtype,
                       fused=args.fused, compile=args.compile, seed=args.seed)
     checks: list[dict] = []
