@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from companion.cli import main
@@ -22,11 +21,7 @@ TINY = ["--block-size", "16", "--n-layers", "1", "--n-heads", "2", "--d-model", 
         "--threads", "1", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("restore_threads")  # the scripts call torch.set_num_threads
 
 
 @pytest.fixture
