@@ -147,7 +147,6 @@ class Chromium:
         target = self._new_target()
         ws = websocket.create_connection(target["webSocketDebuggerUrl"], timeout=timeout_s)
         report = PageReport(url=url)
-        pending: dict[int, dict] = {}
 
         def send(method: str, **params) -> int:
             self._id += 1

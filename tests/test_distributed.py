@@ -70,17 +70,25 @@ def test_zero_memory_matches_the_paper():
         zero_memory_per_device(0)
 
 
-def test_grad_accumulation_equals_one_batch():
-    """k micro-batches of loss / k add up to the gradient of the whole batch's mean loss."""
+@pytest.mark.parametrize("scale_sensitive", [False, True], ids=["default", "sgd-like"])
+def test_grad_accumulation_equals_one_batch(scale_sensitive):
+    """k micro-batches of loss / k add up to the gradient of the whole batch's mean loss.
+
+    Adam with clipping hardly notices a gradient k times too large (both normalise it away), so
+    the second case turns clipping off and makes eps large: the update is then about lr * g / eps,
+    linear in the gradient, and a wrong scale shows in the parameters.
+    """
+    base = dataclasses.replace(TRAIN_CFG, grad_clip=0.0, eps=1.0) if scale_sensitive else TRAIN_CFG
     runs = {}
     for k in (1, 2, 4):
         model = fresh_model(torch.float64)
-        history = train(model, token_data(), None, dataclasses.replace(TRAIN_CFG, grad_accum_steps=k),
+        history = train(model, token_data(), None, dataclasses.replace(base, grad_accum_steps=k),
                         progress=False)
         runs[k] = (flat_parameters(model), history.train_loss)
     for k in (2, 4):
         assert (runs[k][0] - runs[1][0]).abs().max().item() < 1e-12
         assert runs[k][1] == pytest.approx(runs[1][1], rel=1e-12)
+    assert (runs[1][0] - flat_parameters(fresh_model(torch.float64))).abs().max() > 1e-6  # it moved
 
 
 def test_accumulation_errors():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -79,9 +80,18 @@ def test_tiny_run_writes_a_complete_result(tmp_path):
 def test_committed_full_result_is_complete():
     result = exp.load_result()
     cfg = exp.PRESETS["full"]
-    assert result["config"] == {**result["config"], "steps": cfg.steps, "batch_size": cfg.batch_size}
+    assert result["config"] == dataclasses.asdict(cfg)  # made by the preset as it is now
     assert result["command"].startswith("python -m companion.experiments.objectives")
     for kind in ("clm", "mlm"):
         run = result["runs"][kind]
         assert run["step"][-1] == cfg.steps
         assert set(run["sentences"]) == set(exp.SENTENCES)
+
+
+def test_answers_fill_the_sentences():
+    for sentence, answer in zip(exp.SENTENCES, exp.ANSWERS, strict=True):
+        assert all(s in ("_", a) for s, a in zip(sentence, answer, strict=True))
+        assert exp.blanks_right(answer, sentence, answer) == (sentence.count("_"),) * 2
+    assert exp.blanks_right("The kang is dead; long live the king!", exp.SENTENCES[0], exp.ANSWERS[0]) == (1, 2)
+    with pytest.raises(ValueError, match="differ in length"):
+        exp.blanks_right("The king", exp.SENTENCES[0], exp.ANSWERS[0])

@@ -16,11 +16,10 @@ import contextlib
 import dataclasses
 import functools
 import inspect
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch import nn
 
 from companion.batching import BlockSampler, as_token_tensor
 from companion.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from companion.history import History
 from companion.objectives import Objective, lm_loss, resolve_objective
 from companion.utils import get_device, set_seed
 
@@ -124,56 +124,15 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
                              eps=cfg.eps, **kwargs)
 
 
-@dataclass
-class History:
-    """What a run measured: per step (loss, lr, speed, time) and per evaluation (val loss)."""
-
-    step: list[int] = field(default_factory=list)  # steps completed (1-based)
-    train_loss: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    grad_norm: list[float] = field(default_factory=list)  # before clipping
-    tokens_per_s: list[float] = field(default_factory=list)  # training tokens / step time
-    wall_time: list[float] = field(default_factory=list)  # seconds since the run started
-    eval_step: list[int] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    eval_wall_time: list[float] = field(default_factory=list)
-    interrupted: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> History:
-        """Inverse of `to_dict`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def save_json(self, path: str | Path) -> None:
-        """Write the history as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict()))
-
-    @classmethod
-    def load_json(cls, path: str | Path) -> History:
-        """Read a history written by `save_json`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    @property
-    def best_val_loss(self) -> float:
-        """Lowest validation loss seen (inf when there was no evaluation)."""
-        return min(self.val_loss, default=math.inf)
-
-    def __repr__(self) -> str:
-        last = f"train {self.train_loss[-1]:.4f}" if self.train_loss else "no steps"
-        val = f", val {self.val_loss[-1]:.4f}" if self.val_loss else ""
-        return f"History({len(self.step)} steps, {last}{val})"
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside torch.compile's and DistributedDataParallel's wrappers."""
-    while hasattr(model, "_orig_mod") or type(model).__name__ == "DistributedDataParallel":
-        model = getattr(model, "_orig_mod", None) or model.module
-    return model
+    while True:
+        if hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
 
 
 def target_keyword(model: nn.Module) -> str | None:

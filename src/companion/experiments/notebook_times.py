@@ -158,7 +158,7 @@ def run_notebook(
     t0 = time.perf_counter()
     try:
         client.execute()
-    except CellTimeoutError as exc:  # a slow machine, not a wrong notebook: say so
+    except CellTimeoutError:  # a slow machine, not a wrong notebook: say so
         status, error = "timeout", f"CellTimeoutError: a cell ran longer than {timeout} s"
     except CellExecutionError as exc:
         status, error = "error", str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else repr(exc)

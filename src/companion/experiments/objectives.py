@@ -42,6 +42,18 @@ SENTENCES = ("The k_ng is dead; long live the k_ng!",
              "I pr_y you, good my l_rd, what n_ws from the c_urt?",
              "She loves me n_t, and I am f__l to love her.",
              "Come, sw__t night, and bring me to my br_de.")
+ANSWERS = ("The king is dead; long live the king!",
+           "I pray you, good my lord, what news from the court?",
+           "She loves me not, and I am fool to love her.",
+           "Come, sweet night, and bring me to my bride.")
+
+
+def blanks_right(filled: str, sentence: str, answer: str) -> tuple[int, int]:
+    """(blanks filled with the right character, blanks) of one sentence with `_` blanks."""
+    if not len(filled) == len(sentence) == len(answer):
+        raise ValueError(f"filled, sentence and answer differ in length: {filled!r}, {sentence!r}, {answer!r}")
+    blanks = [i for i, c in enumerate(sentence) if c == "_"]
+    return sum(filled[i] == answer[i] for i in blanks), len(blanks)
 
 
 @dataclass(frozen=True)
@@ -197,8 +209,7 @@ def run(cfg: ObjectivesConfig, progress: bool = False) -> dict[str, Any]:
     for kind, model in models.items():
         curve: dict[str, list[float]] = {"step": [], "fill_accuracy": [], "fill_cross_entropy": []}
 
-        def measure(step: int, _history: Any = None, kind: str = kind, model: nn.Module = model,
-                    curve: dict[str, list[float]] = curve) -> None:
+        def measure(step: int, _history: Any = None) -> None:  # train()'s callback
             if step % cfg.eval_interval == 0 or step == cfg.steps:
                 acc, ce = fill_blanks(model, kind, windows, hide, data.mask_id)
                 curve["step"].append(step)
@@ -264,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, steps=args.steps)
     t0 = time.perf_counter()
     result = run(cfg, progress=args.progress)
-    result["command"] = "python -m companion.experiments.objectives " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+    result["command"] = " ".join(["python -m companion.experiments.objectives",
+                                  *(sys.argv[1:] if argv is None else argv)])
     result["metadata"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
