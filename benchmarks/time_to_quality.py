@@ -40,6 +40,7 @@ from companion.data import load_corpus
 from companion.models import GPT, GPTConfig
 from companion.tokenization import CharTokenizer
 from companion.training import History, TrainConfig, evaluate_full, train
+from companion.utils import cpu_info, describe_cpu
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +52,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--activation", default="gelu",
+                   help="feed-forward activation (GPTConfig): gelu (erf), gelu_tanh or relu")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=900, help="schedule length (cosine ends here)")
     p.add_argument("--lr", type=float, default=5e-3)
@@ -59,6 +62,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.99), metavar=("BETA1", "BETA2"),
                    help="AdamW's moment decay rates")
+    p.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw",
+                   help="muon: Muon for the blocks' matrices, AdamW for embeddings, biases, norms")
+    p.add_argument("--muon-lr", type=float, default=0.02, help="Muon's peak learning rate")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                    help="fused AdamW")
@@ -66,7 +72,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--eval-interval", type=int, default=50)
     p.add_argument("--eval-steps", type=int, default=8, help="batches of the cheap estimate")
-    p.add_argument("--margin", type=float, default=0.03,
+    p.add_argument("--margin", type=float, default=0.015,
                    help="run the full validation pass when the estimate is below target + margin")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON")
@@ -87,10 +93,12 @@ def main(argv: list[str] | None = None) -> dict:
     train_ids, val_ids = ids[:n_train], ids[n_train:]
     torch.manual_seed(args.seed)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=args.block_size,
-                          n_layers=args.n_layers, n_heads=args.n_heads, d_model=args.d_model))
+                          n_layers=args.n_layers, n_heads=args.n_heads, d_model=args.d_model,
+                          activation=args.activation))
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, block_size=args.block_size,
                       lr=args.lr, min_lr=args.min_lr, warmup_steps=args.warmup,
                       weight_decay=args.weight_decay, betas=tuple(args.betas),
+                      optimizer=args.optimizer, muon_lr=args.muon_lr,
                       eval_interval=args.eval_interval,
                       eval_steps=args.eval_steps, device="cpu", dtype=args.dtype,
                       fused=args.fused, compile=args.compile, seed=args.seed)
@@ -123,8 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
               "tokens_seen": tokens, "train_tokens_per_s": tokens / total, "checks": checks,
               "n_params": sum(p.numel() for p in model.parameters()),
               "recipe": {k: v for k, v in vars(args).items() if k not in ("json",)},
-              "threads": torch.get_num_threads(), "load_average_before": load_before,
+              "threads": torch.get_num_threads(), "cpu": cpu_info(), "load_average_before": load_before,
               "load_average_after": load_after, "corpus": args.text or "companion shakespeare"}
+    print(describe_cpu())
     if reached:
         print(f"validation loss {reached['full_val_loss']:.4f} <= {args.target} after "
               f"{reached['step']} steps ({tokens:,} tokens) in {reached['wall_s']:.1f} s wall, "

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -31,9 +30,11 @@ from companion.data import load_corpus
 from companion.models import GPT, GPTConfig
 from companion.tokenization import CharTokenizer
 from companion.training import TrainConfig, train
+from companion.utils import cpu_info, describe_cpu
 
 REFERENCE_TOKENS_PER_S = 12_000  # ≈ 768 tokens / 62 ms (SYLLABUS.md)
-REFERENCE_MODEL = dict(n_layers=4, n_heads=4, d_model=128, block_size=64, dropout=0.0)
+REFERENCE_MODEL = dict(n_layers=4, n_heads=4, d_model=128, block_size=64, dropout=0.0,
+                       activation="gelu")  # the reference trainer's exact (erf) GELU
 
 
 def load_ids(text_file: str | None) -> tuple[torch.Tensor, int]:
@@ -95,9 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     ids, vocab = load_ids(args.text)
     load_before = os.getloadavg()
     results = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
-          f"({platform.processor() or platform.machine()}); load average before: "
-          f"{load_before[0]:.2f}")
+    cpu = cpu_info()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {describe_cpu(cpu)}; "
+          f"load average before: {load_before[0]:.2f}")
     print(f"{'mode':<18}{'tokens/s':>10}{'ms/step':>9}{'vs 12k':>8}{'warm-up s':>11}"
           f"{'tokens/CPU-s':>14}")
     for mode in args.modes.split(","):
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"load average after: {load_after[0]:.2f} (above ~{os.cpu_count()} means other processes "
           f"shared the cores)")
     out = {"results": results, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-           "torch": torch.__version__, "load_average_before": load_before,
+           "torch": torch.__version__, "cpu": cpu, "load_average_before": load_before,
            "load_average_after": load_after, "reference_tokens_per_s": REFERENCE_TOKENS_PER_S,
            "n_params": results[0]["n_params"], "vocab_size": vocab}
     if args.json:

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from companion.metrics import check_labels
 from companion.models import GPT, ClassifierOutput, mean_pool
-from companion.training import TrainConfig, lr_at, param_groups
+from companion.optim import param_groups
+from companion.training import TrainConfig, lr_at
 
 __all__ = ["FinetuneConfig", "SequenceClassifier", "WordVocab", "count_parameters", "encode_texts",
            "fit", "fit_classifier", "freeze", "pad_batch", "pooled_features", "predict_logits",

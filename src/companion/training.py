@@ -30,6 +30,7 @@ from companion.batching import BlockSampler, as_token_tensor
 from companion.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from companion.history import History
 from companion.objectives import Objective, lm_loss, resolve_objective
+from companion.optim import OPTIMIZERS, make_optimizer, param_groups  # noqa: F401 (re-exported)
 from companion.utils import get_device, set_seed
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
@@ -49,6 +50,9 @@ class TrainConfig:
     warmup_steps: int = 100
     decay_steps: int | None = None  # cosine decay ends here (None: at `steps`)
     weight_decay: float = 0.1  # decoupled (AdamW); not applied to biases, norms, embeddings
+    optimizer: str = "adamw"  # or "muon": Muon for the blocks' matrices, AdamW for the rest
+    muon_lr: float = 0.02  # Muon's peak learning rate (follows the same schedule as lr)
+    muon_momentum: float = 0.95
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
@@ -71,6 +75,11 @@ class TrainConfig:
         if self.attention_backend not in SDPA_BACKENDS:
             raise ValueError(f"attention_backend must be one of {list(SDPA_BACKENDS)}, "
                              f"got {self.attention_backend!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.muon_lr <= 0 or not 0.0 <= self.muon_momentum < 1.0:
+            raise ValueError(f"need muon_lr > 0 and 0 <= muon_momentum < 1, got muon_lr={self.muon_lr}, "
+                             f"muon_momentum={self.muon_momentum}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         for name in ("steps", "batch_size", "block_size", "eval_steps", "grad_accum_steps"):
@@ -97,31 +106,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.min_lr
     ratio = (step - cfg.warmup_steps) / max(1, end - cfg.warmup_steps)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: matrices of Linear-type layers decay; biases, norms, embeddings do not."""
-    no_decay: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, nn.Embedding) or "norm" in type(module).__name__.lower():
-            no_decay.update(id(p) for p in module.parameters(recurse=False))
-    decay, keep = [], []
-    for p in model.parameters():  # shared (tied) parameters appear once
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() >= 2 and id(p) not in no_decay else keep).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": keep, "weight_decay": 0.0}]
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over `param_groups`, fused when asked for (or when None and the device has it)."""
-    fused = cfg.fused
-    if fused is None:  # on CPU the fused kernel measured slower than foreach for small models
-        fused = device.type == "cuda"
-    kwargs = {"fused": True} if fused else {}
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                             eps=cfg.eps, **kwargs)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -348,7 +332,7 @@ def train(model: nn.Module, train_data: Any, val_data: Any, cfg: TrainConfig, *,
             t_step = time.perf_counter()
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's matrices: muon_lr / lr
             x, y = obj(sampler.next(), sampler.generator)  # (B, T) each: the global batch
             optimizer.zero_grad(set_to_none=True)
             loss_sum = None
