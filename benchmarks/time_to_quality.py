@@ -55,14 +55,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--activation", default="gelu",
                    help="feed-forward activation (GPTConfig): gelu (erf), gelu_tanh or relu")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=900, help="schedule length (cosine ends here)")
+    p.add_argument("--steps", type=int, default=400, help="schedule length (cosine ends here)")
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--min-lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.99), metavar=("BETA1", "BETA2"),
                    help="AdamW's moment decay rates")
-    p.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw",
+    p.add_argument("--optimizer", choices=("adamw", "muon"), default="muon",
                    help="muon: Muon for the blocks' matrices, AdamW for embeddings, biases, norms")
     p.add_argument("--muon-lr", type=float, default=0.02, help="Muon's peak learning rate")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")

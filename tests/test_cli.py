@@ -82,6 +82,19 @@ def test_bpe_tokenizer_run(tmp_path, text_file, capsys):
     assert capsys.readouterr().out.startswith("All:")
 
 
+def test_muon_run_and_a_resume_with_the_wrong_optimizer(tmp_path, text_file, capsys):
+    out = tmp_path / "muon"
+    assert main(["train", "--text", str(text_file), "--steps", "4", "--optimizer", "muon",
+                 "--activation", "gelu", "--out", str(out)] + TINY) == 0
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["train_config"]["optimizer"] == "muon" and meta["model_config"]["activation"] == "gelu"
+    assert main(["train", "--text", str(text_file), "--steps", "6", "--out", str(out), "--resume"]
+                + TINY) == 2
+    assert "trained with optimizer 'muon'" in capsys.readouterr().err
+    assert main(["train", "--text", str(text_file), "--steps", "6", "--out", str(out), "--resume",
+                 "--optimizer", "muon"] + TINY) == 0
+
+
 def test_clear_errors(tmp_path, text_file, capsys):
     assert main(["train", "shakespeare", "--text", str(text_file), "--out", str(tmp_path)]) == 2
     assert "either a corpus name" in capsys.readouterr().err

@@ -70,15 +70,16 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bf
     if G.dim() < 2:
         raise ValueError(f"newton_schulz needs a matrix (or a stack of them), got shape {tuple(G.shape)}")
     a, b, c = NS_COEFFICIENTS
-    X = G.to(dtype)
+    X = G.to(dtype).reshape(-1, *G.shape[-2:])  # (k, m, n): a batch of matrices
     wide = X.size(-2) <= X.size(-1)
     if not wide:  # iterate on the smaller Gram matrix X X^T
         X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # Frobenius norm >= spectral: sigma <= 1
+    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=1e-7)  # Frobenius >= spectral norm: sigma <= 1
     for _ in range(steps):
-        A = X @ X.mT  # (..., m, m)
-        X = a * X + (b * A + c * A @ A) @ X  # p applied to every singular value
-    return X if wide else X.mT
+        A = X @ X.mT  # (k, m, m)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
+        X = torch.baddbmm(X, B, X, beta=a)  # a X + (b A + c A^2) X: p applied to every singular value
+    return (X if wide else X.mT).reshape(G.shape)
 
 
 class Muon(torch.optim.Optimizer):
@@ -87,7 +88,9 @@ class Muon(torch.optim.Optimizer):
     Muon step for a matrix W of shape (m, n) with gradient G, momentum mu, learning rate lr:
     $B \leftarrow \mu B + (1-\mu) G$; $U = \operatorname{orth}(\mu B + (1-\mu) G)$ (Nesterov);
     $W \leftarrow (1 - \mathrm{lr}\,\lambda) W - \mathrm{lr} \sqrt{\max(1, m/n)}\, U$.
-    Matrices of one shape are orthogonalised together, as one batched iteration.
+    Matrices of one shape are orthogonalised together, as one batched iteration. The matrix
+    update is the same, to the bit in tests, as `torch.optim.Muon` (PyTorch 2.9+), which has no
+    AdamW part and so needs a second optimizer and a second state for the other parameters.
     """
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,

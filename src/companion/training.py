@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from companion.batching import BlockSampler, as_token_tensor
-from companion.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from companion.checkpoint import load_checkpoint, read_meta, rng_state, save_checkpoint, set_rng_state
 from companion.history import History
 from companion.objectives import Objective, lm_loss, resolve_objective
 from companion.optim import OPTIMIZERS, make_optimizer, param_groups  # noqa: F401 (re-exported)
@@ -291,6 +291,10 @@ def train(model: nn.Module, train_data: Any, val_data: Any, cfg: TrainConfig, *,
     sampler = BlockSampler(train_data, cfg.batch_size, window, seed=cfg.seed)
     history, start = History(), 0
     if resume_from is not None:
+        saved = (read_meta(resume_from).get("train_config") or {}).get("optimizer", "adamw")
+        if saved != cfg.optimizer:
+            raise ValueError(f"checkpoint {resume_from} was trained with optimizer {saved!r}; resume it "
+                             f"with optimizer={saved!r}, not {cfg.optimizer!r}")
         meta = load_checkpoint(resume_from, model, optimizer)
         sampler.load_state_dict(meta["data_state"])
         set_rng_state(meta["rng"])
