@@ -4,7 +4,7 @@ AdamW scales every coordinate of the gradient by its own running RMS. Muon treat
 matrix as a matrix: it keeps a momentum $M_t = \mu M_{t-1} + (1-\mu) G_t$ of the gradient and
 steps along its *orthogonalised* version. With the SVD $M = U \Sigma V^\top$,
 
-$$\operatorname{orth}(M) = U V^\top = \arg\min_{O^\top O = I} \lVert O - M \rVert_F ,$$
+$$\operatorname{orth}(M) = U V^\top = \arg\min_{O \text{ (semi-)orthogonal}} \lVert O - M \rVert_F ,$$
 
 the same directions with every singular value set to 1, so the rare directions of the update
 are not drowned by the few dominant ones. An SVD per matrix per step would be slow; a
