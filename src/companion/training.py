@@ -62,7 +62,7 @@ class TrainConfig:
     device: str | None = None  # None: companion.get_device() picks cuda, mps or cpu
     dtype: str = "fp32"  # "fp32" or "bf16" (autocast; weights stay fp32)
     compile: bool = False  # torch.compile the model
-    fused: bool | None = None  # fused AdamW kernel (None: on CUDA only)
+    fused: bool | None = None  # fused AdamW kernel (None: on CUDA only; optimizer="adamw" only)
     attention_backend: str | None = "auto"  # SDPA kernel: "math", "flash", "efficient", None
     # (PyTorch's choice) or "auto": "math" for bf16 on a CPU, whose flash backward is slow there
     seed: int = 0
