@@ -416,3 +416,25 @@ def test_sampling_equals_transformers_generate_with_the_same_rng():
     torch.manual_seed(2024)
     mine = generate(ours, prompt, 30, seed=None, **kw)  # seed=None: the global RNG, like HF
     assert torch.equal(mine, ref)
+
+
+def test_packed_linears_compute_what_linear_computes_and_are_removed_after(tiny_gpt):
+    from companion.generation import packed_linears
+
+    idx = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    linears = [m for m in tiny_gpt.modules() if type(m) is torch.nn.Linear]
+    with torch.no_grad():
+        plain = tiny_gpt(idx).logits
+        with packed_linears(tiny_gpt) as packed:
+            assert packed and all("forward" in vars(m) for m in linears)
+            torch.testing.assert_close(tiny_gpt(idx).logits, plain, rtol=1e-5, atol=1e-6)
+        assert not any("forward" in vars(m) for m in linears)  # nn.Linear.forward again
+        with pytest.raises(RuntimeError, match="boom"), packed_linears(tiny_gpt):
+            raise RuntimeError("boom")
+        assert not any("forward" in vars(m) for m in linears)  # removed on an error too
+        with packed_linears(tiny_gpt, max_bytes=0) as packed:
+            assert not packed and not any("forward" in vars(m) for m in linears)
+        with packed_linears(tiny_gpt):  # nested (generate inside a packed block) is harmless
+            generate(tiny_gpt, [1, 2, 3], 4, temperature=0)
+            assert all("forward" in vars(m) for m in linears)
+        assert not any("forward" in vars(m) for m in linears)

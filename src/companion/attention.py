@@ -314,7 +314,10 @@ class MultiHeadAttention(nn.Module):
         q = split_heads(self.q_proj(x), self.n_heads)  # (B, n_heads, T, d_head)
         k = split_heads(self.k_proj(source), self.n_heads)  # (B, n_heads, S, d_head)
         v = split_heads(self.v_proj(source), self.n_heads)  # (B, n_heads, S, d_head)
-        if past_kv is not None:
+        if past_kv is not None and hasattr(past_kv, "update"):
+            # a preallocated cache (companion.generation.LayerKVCache): written in place
+            k, v = past_kv.update(k, v)  # (B, n_heads, S_total, d_head) views of its buffers
+        elif past_kv is not None:
             k = torch.cat([past_kv[0], k], dim=2)  # (B, n_heads, S_total, d_head)
             v = torch.cat([past_kv[1], v], dim=2)
         S_total = k.shape[2]
@@ -336,7 +339,8 @@ class MultiHeadAttention(nn.Module):
                     f"(B, n_heads, T, S_total) = {(B, self.n_heads, T, S_total)}"
                 ) from None
             masks.append(attn_mask)
-        if is_causal:
+        causal = is_causal and T > 1  # one query (a decoding step) is the last position: it sees every key
+        if causal:
             masks.append(causal_mask(T, S_total, device=x.device))  # (T, S_total)
         mask = _merge_masks(masks, q.dtype)
         if mask is not None and mask.dtype != torch.bool:
@@ -348,7 +352,7 @@ class MultiHeadAttention(nn.Module):
             y, weights = scaled_dot_product_attention(q, k, v, mask, p, return_weights=True)
             if not need_weights:
                 weights = None
-        elif mask is None or (is_causal and len(masks) == 1 and T == S_total):
+        elif mask is None or (causal and len(masks) == 1 and T == S_total):
             # No mask, or only a square causal one: let PyTorch pick its fused kernel.
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=mask is not None)
         else:
