@@ -3,7 +3,6 @@ agreement with `transformers` (logits warpers and `generate`)."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from scipy.stats import chisquare

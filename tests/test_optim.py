@@ -135,6 +135,14 @@ def test_trainer_with_muon_learns_and_schedules_both_learning_rates(tmp_path):
     assert lrs[True] == pytest.approx(history.lr[-1] * 0.02 / 3e-3)  # muon_lr on the same schedule
 
 
+def test_make_optimizer_starts_each_group_at_its_own_peak_rate():
+    """Used outside train(), the matrices must not step at AdamW's rate."""
+    from companion.optim import make_optimizer
+
+    opt = make_optimizer(tiny_gpt(), muon_cfg(lr=3e-3, muon_lr=0.02), torch.device("cpu"))
+    assert sorted((g["use_muon"], g["lr"]) for g in opt.param_groups) == [(False, 3e-3), (True, 0.02)]
+
+
 def test_muon_run_resumes_exactly(tmp_path):
     data = torch.arange(3000) % 13
     straight = train(tiny_gpt(), data, data[:400], muon_cfg(steps=12), progress=False)

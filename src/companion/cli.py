@@ -212,7 +212,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, block_size=model_cfg.block_size,
                       lr=args.lr, min_lr=min(args.min_lr, args.lr), warmup_steps=args.warmup,
                       weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-                      optimizer=args.optimizer, muon_lr=args.muon_lr, eval_interval=args.eval_interval, eval_steps=args.eval_steps,
+                      optimizer=args.optimizer, muon_lr=args.muon_lr,
+                      eval_interval=args.eval_interval, eval_steps=args.eval_steps,
                       grad_accum_steps=args.grad_accum_steps, device=device, dtype=args.dtype,
                       compile=args.compile, seed=args.seed,
                       out_dir=str(out), ckpt_interval=args.ckpt_interval)

@@ -315,7 +315,8 @@ def generate(
     with `eos_id`) and generation ends when every row has stopped, so the result can be
     shorter than ``T + max_new_tokens``. The model is put in ``eval()`` mode for the call and
     its previous mode restored; gradients are never recorded. On a CPU the Linear weights are
-    read from (in, out) copies made for the call (`packed_linears`), which is faster there.
+    read from (in, out) copies made for the call (`packed_linears`): the same numbers up to
+    rounding, and faster on the CPU the generation benchmark was measured on.
     """
     _check_sampling_args(temperature, top_k, top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:

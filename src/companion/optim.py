@@ -8,7 +8,7 @@ $$\operatorname{orth}(M) = U V^\top = \arg\min_{O \text{ (semi-)orthogonal}} \lV
 
 the same directions with every singular value set to 1, so the rare directions of the update
 are not drowned by the few dominant ones. An SVD per matrix per step would be slow; a
-polynomial iteration gets close with five matrix products: after scaling $X_0 = M / \lVert M
+polynomial iteration gets close with five rounds of three matrix products: after scaling $X_0 = M / \lVert M
 \rVert_F$ (all singular values in (0, 1]), $X_{k+1} = a X_k + b (X_k X_k^\top) X_k + c (X_k
 X_k^\top)^2 X_k$ applies $p(\sigma) = a\sigma + b\sigma^3 + c\sigma^5$ to every singular value
 at once, and the coefficients (3.4445, -4.7750, 2.0315) make five rounds of $p$ carry every
@@ -176,6 +176,8 @@ def make_optimizer(model: nn.Module, cfg: Any, device: torch.device) -> torch.op
     when None on CUDA), or Muon for the hidden matrices at lr x muon_lr / lr plus AdamW for the rest."""
     if cfg.optimizer == "muon":
         groups = muon_param_groups(model, cfg.weight_decay, cfg.muon_lr / cfg.lr)
+        for g in groups:  # the peak rates; train() then sets lr_at(step) * lr_scale every step
+            g["lr"] = cfg.lr * g["lr_scale"]
         return Muon(groups, lr=cfg.lr, momentum=cfg.muon_momentum, betas=cfg.betas, eps=cfg.eps)
     fused = cfg.fused
     if fused is None:  # on CPU the fused kernel measured slower than foreach for small models
