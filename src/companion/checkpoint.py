@@ -1,6 +1,6 @@
 """Checkpoints with no pickles: safetensors for tensors, JSON for everything else.
 
-A checkpoint is a folder:
+A checkpoint is three files in a folder, written as one unit (see `save_checkpoint`):
 
     model.safetensors           the weights (tied weights stored once)
     training_state.safetensors  AdamW moments per parameter + RNG and data-position states
@@ -27,6 +27,7 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
 META_FILE = "checkpoint.json"
 FORMAT_VERSION = 1
+CHECKPOINT_FILES = (MODEL_FILE, STATE_FILE, META_FILE)
 
 
 def model_config_dict(model: torch.nn.Module) -> dict[str, Any] | None:
@@ -112,10 +113,54 @@ def _import(qualname: str) -> Any:
     return getattr(importlib.import_module(module_name), name)
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
+NEW = ".new"  # suffix of a file of the checkpoint being written
+COMMIT_FILE = "checkpoint.commit"  # exists while a complete new checkpoint is being renamed in
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a folder's entries to disk (where the OS supports it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def checkpoint_file(ckpt_dir: str | os.PathLike, name: str) -> Path:
+    """The path of checkpoint file `name` of the last complete checkpoint in `ckpt_dir`.
+
+    While a save is being committed (``checkpoint.commit`` present) the complete new files are
+    the ``*.new`` ones not yet renamed; otherwise the files with their plain names.
+    """
+    folder = Path(ckpt_dir)
+    new = folder / (name + NEW)
+    if (folder / COMMIT_FILE).is_file() and new.is_file():
+        return new
+    return folder / name
+
+
+def _roll_forward(folder: Path) -> None:
+    """Finish a commit a killed process left half done, or drop the files of an unfinished write."""
+    if (folder / COMMIT_FILE).is_file():
+        for name in CHECKPOINT_FILES:
+            if (folder / (name + NEW)).is_file():
+                os.replace(folder / (name + NEW), folder / name)
+        _fsync_dir(folder)
+        (folder / COMMIT_FILE).unlink()
+    for name in CHECKPOINT_FILES:
+        (folder / (name + NEW)).unlink(missing_ok=True)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(out_dir: str | os.PathLike, model: torch.nn.Module,
@@ -125,10 +170,19 @@ def save_checkpoint(out_dir: str | os.PathLike, model: torch.nn.Module,
                     rng: dict[str, torch.Tensor] | None = None,
                     history: dict[str, Any] | None = None,
                     extra: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint folder (atomically, file by file) and return its path."""
+    """Write a checkpoint into `out_dir` atomically, as one unit, and return the folder.
+
+    The three files are first written as ``*.new``; then ``checkpoint.commit`` is created and
+    the new files are renamed over the old ones. A run killed before the commit file exists
+    leaves the previous checkpoint untouched; one killed after it leaves a complete new one
+    (readers and the next save finish the renames). Other files in the folder are left alone.
+    """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out_dir} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic(out / MODEL_FILE, lambda p: save_model(model, p))
+    _roll_forward(out)
+    save_model(model, str(out / (MODEL_FILE + NEW)))
 
     tensors: dict[str, torch.Tensor] = {}
     groups: list = []
@@ -142,7 +196,7 @@ def save_checkpoint(out_dir: str | os.PathLike, model: torch.nn.Module,
             tensors[f"data.{k}"] = v.detach().cpu().contiguous()
         else:
             data_meta[k] = v
-    _atomic(out / STATE_FILE, lambda p: save_file(tensors, p))
+    save_file(tensors, str(out / (STATE_FILE + NEW)))
 
     meta = {
         "format_version": FORMAT_VERSION,
@@ -156,34 +210,70 @@ def save_checkpoint(out_dir: str | os.PathLike, model: torch.nn.Module,
         "history": history,
         "extra": extra or {},
     }
-    _atomic(out / META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
+    _write_synced(out / (META_FILE + NEW), json.dumps(meta, indent=1).encode("utf-8"))
+    for name in (MODEL_FILE, STATE_FILE):
+        with open(out / (name + NEW), "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(out)
+    _write_synced(out / (COMMIT_FILE + NEW), f"step {step}\n".encode())
+    os.replace(out / (COMMIT_FILE + NEW), out / COMMIT_FILE)  # the commit point
+    _roll_forward(out)
     return out
 
 
 def read_meta(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
     """Read checkpoint.json, with a clear error when the folder is not a checkpoint."""
-    path = Path(ckpt_dir) / META_FILE
+    path = checkpoint_file(ckpt_dir, META_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: {META_FILE} is missing")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): the checkpoint is damaged") from None
+    if not isinstance(meta, dict) or "model_class" not in meta:
+        raise ValueError(f"{path} is not a companion checkpoint description (no 'model_class')")
+    return meta
 
 
-def load_checkpoint(ckpt_dir: str | os.PathLike, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-    """Load weights (and optimizer state) into `model`; return the metadata plus `rng`/`data_state`.
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing, truncated or garbage file raises a ValueError naming it."""
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: the checkpoint is incomplete")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # SafetensorError, or an OSError while reading
+        raise ValueError(f"{path} is not a readable safetensors file ({err})") from None
 
-    Raises ValueError if the checkpoint's model config or tensor shapes do not match `model`.
+
+def load_weights(ckpt_dir: str | os.PathLike, model: torch.nn.Module) -> dict[str, Any]:
+    """Load only the weights of a checkpoint (no optimizer state needed) into `model`; return its metadata.
+
+    Raises ValueError if the checkpoint's model config or tensor shapes do not match `model`,
+    or if a file is damaged.
     """
     meta = read_meta(ckpt_dir)
     check_model_config(meta.get("model_config"), model, str(ckpt_dir))
+    path = checkpoint_file(ckpt_dir, MODEL_FILE)
+    _read_tensors(path)  # a clear error for a damaged file before safetensors' own
     try:
-        missing, unexpected = load_model(model, str(Path(ckpt_dir) / MODEL_FILE), strict=False)
+        missing, unexpected = load_model(model, str(path), strict=False)
     except RuntimeError as err:  # shape mismatch
         raise ValueError(f"checkpoint {ckpt_dir} does not match the model: {err}") from None
     if missing or unexpected:
         raise ValueError(f"checkpoint {ckpt_dir} does not match the model: missing weights "
                          f"{sorted(missing)[:5]}, unexpected weights {sorted(unexpected)[:5]}")
-    tensors = load_file(str(Path(ckpt_dir) / STATE_FILE))
+    return meta
+
+
+def load_checkpoint(ckpt_dir: str | os.PathLike, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Load weights and training state into `model` (and `optimizer`); return the metadata plus `rng`/`data_state`.
+
+    Raises ValueError if the checkpoint's model config or tensor shapes do not match `model`,
+    or if a file is missing or damaged.
+    """
+    meta = load_weights(ckpt_dir, model)
+    tensors = _read_tensors(checkpoint_file(ckpt_dir, STATE_FILE))
     if optimizer is not None:
         sd = _unflatten_optimizer(tensors, meta["optimizer_param_groups"])
         try:
@@ -199,7 +289,11 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, model: torch.nn.Module,
 
 def load_pretrained(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu"
                     ) -> torch.nn.Module:
-    """Rebuild the model class named in the checkpoint from its config and load the weights."""
+    """Rebuild the model class named in the checkpoint from its config and load the weights.
+
+    Needs only ``checkpoint.json`` and ``model.safetensors``: a folder without the training
+    state (optimizer moments, RNG) loads for inference.
+    """
     meta = read_meta(ckpt_dir)
     if meta.get("model_config") is None or meta.get("config_class") is None:
         raise ValueError(f"checkpoint {ckpt_dir} holds no model config: cannot rebuild the model")
@@ -207,5 +301,5 @@ def load_pretrained(ckpt_dir: str | os.PathLike, device: str | torch.device = "c
     cfg_dict = meta["model_config"]
     fields = {f.name for f in dataclasses.fields(cfg_cls)}
     model = cls(cfg_cls(**{k: v for k, v in cfg_dict.items() if k in fields}))
-    load_checkpoint(ckpt_dir, model)
+    load_weights(ckpt_dir, model)
     return model.to(device).eval()

@@ -43,9 +43,16 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """`F.cross_entropy` on (B, T, V) logits and (B, T) targets, ignoring -100 targets."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                           ignore_index=IGNORE_INDEX)
+    """Mean cross-entropy of (..., V) logits against (...) targets, ignoring -100 targets.
+
+    Equal to ``F.cross_entropy(..., ignore_index=-100)``, except that a batch whose targets are
+    all ignored gives a loss of 0 with zero gradients (a batch with nothing to learn from)
+    instead of PyTorch's 0/0 = NaN. No host synchronisation: the count stays on the device.
+    """
+    flat = targets.reshape(-1)
+    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), flat,
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (flat != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def causal_lm_pairs(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

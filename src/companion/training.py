@@ -82,9 +82,18 @@ class TrainConfig:
                              f"muon_momentum={self.muon_momentum}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        for name in ("steps", "batch_size", "block_size", "eval_steps", "grad_accum_steps"):
+        for name in ("steps", "batch_size", "block_size", "eval_steps", "grad_accum_steps", "log_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_interval", "ckpt_interval", "weight_decay", "grad_clip"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.decay_steps is not None and self.decay_steps < 1:
+            raise ValueError(f"decay_steps must be None or >= 1, got {self.decay_steps}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be None or >= 1, got {self.eval_batch_size}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas) or not self.eps > 0:
+            raise ValueError(f"need two betas in [0, 1) and eps > 0, got betas={self.betas}, eps={self.eps}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
 
@@ -124,7 +133,7 @@ def target_keyword(model: nn.Module) -> str | None:
     return _target_keyword(type(unwrap(model)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _target_keyword(cls: type) -> str | None:
     params = inspect.signature(cls.forward).parameters
     return next((name for name in ("targets", "labels") if name in params), None)

@@ -37,6 +37,24 @@ def check_norm(norm: str) -> None:
         raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
 
 
+def check_shape_config(config: object, positive: tuple[str, ...]) -> None:
+    """Validate a model config: the named fields are ints >= 1, d_model divides into n_heads,
+    dropout is in [0, 1), layer_norm_eps > 0, and norm and activation are known names."""
+    cls = type(config).__name__
+    for name in positive:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{cls}.{name} must be an int >= 1, got {value!r}")
+    if config.d_model % config.n_heads:
+        raise ValueError(f"{cls}: d_model {config.d_model} is not divisible by n_heads {config.n_heads}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"{cls}.dropout must be in [0, 1), got {config.dropout!r}")
+    if not config.layer_norm_eps > 0:
+        raise ValueError(f"{cls}.layer_norm_eps must be > 0, got {config.layer_norm_eps!r}")
+    check_norm(config.norm)
+    make_activation(config.activation)  # validates the name
+
+
 class FeedForward(nn.Module):
     """Position-wise MLP: Linear(d_model -> d_ff), activation, Linear(d_ff -> d_model), dropout."""
 

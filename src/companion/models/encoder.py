@@ -17,12 +17,13 @@ import torch.nn.functional as F
 from companion.models.blocks import (
     TransformerBlock,
     check_length,
-    check_norm,
     check_padding_mask,
+    check_shape_config,
     check_token_ids,
     make_activation,
 )
 from companion.models.gpt import init_gpt_weights
+from companion.objectives import lm_loss
 
 
 @dataclass
@@ -46,10 +47,10 @@ class EncoderConfig:
     def __post_init__(self):
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        check_norm(self.norm)
-        make_activation(self.activation)
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        check_shape_config(self, ("vocab_size", "block_size", "n_layers", "n_heads", "d_model", "d_ff",
+                                  "type_vocab_size"))
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"EncoderConfig.pad_token_id must be in [0, {self.vocab_size}), got {self.pad_token_id!r}")
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,7 +131,7 @@ class EncoderForMaskedLM(nn.Module):
         logits = self.decoder(self.transform(h))  # (B, T, vocab_size)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+            loss = lm_loss(logits, labels)
         return MaskedLMOutput(logits, loss)
 
 

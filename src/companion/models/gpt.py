@@ -12,16 +12,15 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from companion.models.blocks import (
     TransformerBlock,
     check_length,
-    check_norm,
     check_padding_mask,
+    check_shape_config,
     check_token_ids,
-    make_activation,
 )
+from companion.objectives import lm_loss
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -46,15 +45,7 @@ class GPTConfig:
     def __post_init__(self):
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        check_norm(self.norm)
-        make_activation(self.activation)  # validates the name
-        for name in ("vocab_size", "block_size", "n_layers", "n_heads", "d_model", "d_ff"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_shape_config(self, ("vocab_size", "block_size", "n_layers", "n_heads", "d_model", "d_ff"))
 
     @property
     def d_head(self) -> int:
@@ -141,5 +132,5 @@ class GPT(nn.Module):
         if targets is not None:
             if targets.shape != idx.shape:
                 raise ValueError(f"targets shape {tuple(targets.shape)} != idx shape {tuple(idx.shape)}")
-            loss = F.cross_entropy(logits.reshape(-1, c.vocab_size), targets.reshape(-1), ignore_index=-100)
+            loss = lm_loss(logits, targets)
         return GPTOutput(logits, loss, new_kv)

@@ -11,17 +11,16 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from companion.models.blocks import (
     TransformerBlock,
     check_length,
-    check_norm,
     check_padding_mask,
+    check_shape_config,
     check_token_ids,
-    make_activation,
 )
 from companion.models.gpt import init_gpt_weights
+from companion.objectives import lm_loss
 
 
 @dataclass
@@ -46,10 +45,8 @@ class EncoderDecoderConfig:
     def __post_init__(self):
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        check_norm(self.norm)
-        make_activation(self.activation)
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        check_shape_config(self, ("src_vocab_size", "tgt_vocab_size", "block_size", "n_encoder_layers",
+                                  "n_decoder_layers", "n_heads", "d_model", "d_ff"))
 
 
 class Seq2SeqOutput(NamedTuple):
@@ -126,5 +123,5 @@ class EncoderDecoder(nn.Module):
         if targets is not None:
             if targets.shape != tgt_ids.shape:
                 raise ValueError(f"targets shape {tuple(targets.shape)} != tgt_ids shape {tuple(tgt_ids.shape)}")
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+            loss = lm_loss(logits, targets)
         return Seq2SeqOutput(logits, loss)
