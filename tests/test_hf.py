@@ -30,7 +30,7 @@ def hf_gpt2(n_layers, n_heads, d_model, d_ff, vocab, block, tie, seed=0) -> GPT2
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=vocab, n_positions=block, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
                      n_inner=d_ff, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=tie,
-                     bos_token_id=vocab - 1, eos_token_id=vocab - 1)
+                     bos_token_id=None, eos_token_id=None)
     model = GPT2LMHeadModel(cfg).eval()
     perturb(model)
     return model
@@ -226,3 +226,41 @@ def test_load_gpt2_from_hub_offline_fails_fast(monkeypatch):
 def test_hub_check_respects_offline_flag(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hf._hub_reachable() is False
+
+
+def _exported(tmp_path, **special):
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig(vocab_size=23, block_size=32, n_layers=2, n_heads=2, d_model=16)).eval()
+    perturb(ours)
+    gpt_to_hf(ours, **special).save_pretrained(tmp_path)
+    return ours, GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+
+
+def test_export_declares_no_special_tokens_unless_given(tmp_path):
+    _, theirs = _exported(tmp_path)
+    for cfg in (theirs.config, theirs.generation_config):
+        assert cfg.bos_token_id is None and cfg.eos_token_id is None
+    _, theirs = _exported(tmp_path / "b", bos_token_id=0, eos_token_id=1)
+    assert (theirs.generation_config.bos_token_id, theirs.generation_config.eos_token_id) == (0, 1)
+    with pytest.raises(ValueError, match=r"eos_token_id must be None or an int in \[0, 23\)"):
+        gpt_to_hf(GPT(GPTConfig(vocab_size=23, block_size=8, n_layers=1, n_heads=1, d_model=8)), eos_token_id=23)
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+def test_exported_model_generates_our_tokens(tmp_path, sampled):
+    """save_pretrained -> from_pretrained -> generate writes what companion.generation.generate writes."""
+    from companion.generation import generate
+
+    ours, theirs = _exported(tmp_path)
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+    n = 20
+    if sampled:
+        mine = generate(ours, prompt, n, temperature=1.0, seed=7)
+        torch.manual_seed(7)  # transformers draws from the global generator
+        hf_out = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
+                                 do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
+    else:
+        mine = generate(ours, prompt, n, temperature=0)
+        hf_out = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, do_sample=False)
+    assert hf_out.shape == (1, 5 + n)  # no early stop at an ordinary token
+    assert torch.equal(mine, hf_out)

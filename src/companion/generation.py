@@ -122,7 +122,16 @@ def sample_next_token(
     then top-p (the order `transformers` uses), and one token is drawn from the softmax.
     """
     _check_sampling_args(temperature, top_k, top_p)
+    _check_finite(logits)
     return _sample(logits, temperature, top_k, top_p, generator)
+
+
+def _check_finite(logits: Tensor, step: int | None = None) -> None:
+    """Raise a ValueError if any logit is NaN or infinite (argmax and softmax would silently garble them)."""
+    if not bool(torch.isfinite(logits).all()):
+        where = "" if step is None else f" at generation step {step}"
+        raise ValueError(f"the model produced non-finite logits (NaN or inf){where}: its weights or inputs "
+                         "have diverged; decoding them would emit arbitrary tokens")
 
 
 def _sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -130,7 +139,10 @@ def _sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float 
     """`sample_next_token` without the argument checks (generate checks them once)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    # softmax(z / tau) = softmax((z - max z) / tau): subtracting the maximum first keeps a tiny
+    # tau finite (the arg-max gets 0, the rest -> -inf), where z / tau alone would overflow to NaN
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
@@ -296,7 +308,9 @@ def generate(
     `prompt_ids` is a list of ints, a 1-D tensor (T,) or a 2-D tensor (B, T) of equal-length
     rows; the result has the same number of dimensions, (T + n,) or (B, T + n).
     ``temperature == 0`` is greedy; otherwise tokens are sampled as in `sample_next_token`,
-    with a private ``torch.Generator`` seeded by `seed` (``None``: PyTorch's global RNG).
+    with a private ``torch.Generator`` seeded by `seed` (``None``: PyTorch's global RNG). A very
+    small temperature behaves as greedy decoding (ties shared); NaN or infinite logits from the
+    model raise ``ValueError`` rather than decoding to arbitrary tokens.
 
     With ``use_cache=True`` the prompt is run through the model once and each new token costs
     one forward pass over a single position, reusing the cached keys and values (kept in a
@@ -367,6 +381,7 @@ def generate(
             else:
                 logits = model(idx).logits[:, -1, :]  # (B, V)
             for step in range(max_new_tokens):
+                _check_finite(logits, step)
                 nxt = _sample(logits, temperature, top_k, top_p, generator)  # (B, 1)
                 if finished is not None:
                     nxt = nxt.masked_fill(finished.unsqueeze(1), eos_id)

@@ -67,10 +67,22 @@ def gpt_config_from_hf(hf_config) -> GPTConfig:
                      activation=_ACT_FROM_HF[c.activation_function])
 
 
-def gpt_config_to_hf(config: GPTConfig):
-    """Translate a GPTConfig into a transformers GPT2Config (GPT-2 has no post-LN and always biases)."""
+def _check_special_id(name: str, value: int | None, vocab_size: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size):
+        raise ValueError(f"{name} must be None or an int in [0, {vocab_size}), got {value!r}")
+
+
+def gpt_config_to_hf(config: GPTConfig, bos_token_id: int | None = None, eos_token_id: int | None = None):
+    """Translate a GPTConfig into a transformers GPT2Config (GPT-2 has no post-LN and always biases).
+
+    BOS and EOS are declared only when given: a tokenizer without such tokens (the book's
+    character tokenizer) exports none, so `generate()` neither stops at nor pads with an
+    ordinary token. (GPT2Config's own defaults, 50256, would point outside a small vocabulary.)
+    """
     from transformers import GPT2Config
 
+    _check_special_id("bos_token_id", bos_token_id, config.vocab_size)
+    _check_special_id("eos_token_id", eos_token_id, config.vocab_size)
     if config.norm != "pre" or not config.bias:
         raise ValueError("GPT-2 is pre-LN with biases: norm='pre' and bias=True are needed")
     act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[config.activation]
@@ -79,7 +91,7 @@ def gpt_config_to_hf(config: GPTConfig):
                       activation_function=act, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
                       attn_pdrop=config.dropout, layer_norm_epsilon=config.layer_norm_eps,
                       tie_word_embeddings=config.tie_weights,
-                      bos_token_id=config.vocab_size - 1, eos_token_id=config.vocab_size - 1)
+                      bos_token_id=bos_token_id, eos_token_id=eos_token_id)
 
 
 def _gpt_key_map(n_layers: int) -> list[tuple[str, str, str]]:
@@ -131,13 +143,19 @@ def gpt_from_hf(hf_model) -> GPT:
 
 
 @torch.no_grad()
-def gpt_to_hf(model: GPT):
-    """Build a transformers GPT2LMHeadModel with the weights of our GPT (same logits)."""
+def gpt_to_hf(model: GPT, bos_token_id: int | None = None, eos_token_id: int | None = None):
+    """Build a transformers GPT2LMHeadModel with the weights of our GPT (same logits).
+
+    `bos_token_id` / `eos_token_id`: the tokenizer's special tokens, if it has them (default: none).
+    """
     from transformers import GPT2LMHeadModel
 
     config = model.config
     with _quiet_transformers():
-        hf_model = GPT2LMHeadModel(gpt_config_to_hf(config))
+        hf_model = GPT2LMHeadModel(gpt_config_to_hf(config, bos_token_id, eos_token_id))
+    hf_model.generation_config.bos_token_id = bos_token_id
+    hf_model.generation_config.eos_token_id = eos_token_id
+    hf_model.generation_config.pad_token_id = None
     theirs = hf_model.state_dict()
     ours = model.state_dict()
     d = config.d_model

@@ -12,13 +12,16 @@ import torch
 
 
 def set_seed(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and PyTorch, and return a torch Generator seeded the same way."""
-    if not isinstance(seed, int) or seed < 0:
+    """Seed Python, NumPy and PyTorch, and return a torch Generator seeded the same way.
+
+    Python's string hashing (set and dict order of strings) is fixed only by ``PYTHONHASHSEED``
+    before the interpreter starts, so it cannot be set here; the book never depends on it.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
     return torch.Generator().manual_seed(seed)
 
 
