@@ -40,6 +40,7 @@ import torch
 
 from companion.baselines import fit_bag_of_words, fit_linear_probe, sentence_embeddings
 from companion.data import load_corpus, load_sentiment
+from companion.experiments import committed, default_out
 from companion.finetune import (
     FinetuneConfig,
     SequenceClassifier,
@@ -56,7 +57,7 @@ from companion.models import GPT, GPTConfig
 from companion.training import TrainConfig, train
 from companion.utils import set_seed
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "finetune.json"
+DEFAULT_OUT = committed("finetune")  # the full run the chapter reads (written only with --out)
 SHORT_NAMES = {"bow": "bag of\nwords", "scratch": "GPT from\nscratch", "minilm_probe": "MiniLM\nprobe",
                "finetune_head": "pre-trained GPT,\nhead only", "finetune_full": "pre-trained GPT,\nfully fine-tuned"}
 
@@ -308,7 +309,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, co
         "metadata": {"wall_seconds": round(time.perf_counter() - t_start, 1),
                      "cpu_seconds": round(time.process_time() - cpu_start, 1),
                      "phase_seconds": {k: round(v, 1) for k, v in phases.items()},
-                     "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                     "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                      "torch_version": torch.__version__, "python_version": platform.python_version(),
                      "platform": platform.platform(), "cpu_count": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(), "load_average_before": load_before,
@@ -390,7 +391,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m companion.experiments.finetune",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    parser.add_argument("--out", default=None, help=f"JSON path (default for --preset full: {DEFAULT_OUT})")
+    parser.add_argument("--out", default=None, help="JSON path (default: finetune_<preset>.json in the current "
+                        f"folder; the committed result is {DEFAULT_OUT})")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
     args = parser.parse_args(argv)
@@ -399,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = dataclasses.replace(PRESETS[args.preset])
     if args.seeds:
         cfg.seeds = tuple(args.seeds)
-    out = Path(args.out or (DEFAULT_OUT if args.preset == "full" else f"finetune_{args.preset}.json"))
+    out = Path(args.out or default_out("finetune", args.preset))
     command = " ".join(["python -m companion.experiments.finetune", *argv])
     result = run_experiment(cfg, log=lambda s: print(s, flush=True), command=command)
     out.parent.mkdir(parents=True, exist_ok=True)

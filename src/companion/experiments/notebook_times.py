@@ -49,8 +49,10 @@ import psutil
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
+from companion.experiments import committed
+
 ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "notebook_times.json"
+DEFAULT_OUT = committed("notebook_times")  # what the teacher's guide reads (written only with --out)
 DEFAULT_MARKDOWN = ROOT / "book" / "_generated" / "notebook_times.md"
 FORMAT = "companion-notebook-times"
 MB = 1024 * 1024
@@ -152,7 +154,7 @@ def run_notebook(
 
     client.on_notebook_start = on_start
     client.on_cell_complete = on_cell_complete
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     status, error = "ok", None
     t0 = time.perf_counter()
@@ -270,10 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: notebooks/*.ipynb)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default: {DEFAULT_OUT})")
-    parser.add_argument(
-        "--markdown", type=Path, default=DEFAULT_MARKDOWN, help=f"Markdown table output (default: {DEFAULT_MARKDOWN})"
-    )
+    parser.add_argument("--out", type=Path, default=Path("notebook_times.json"),
+                        help=f"JSON output (default: ./notebook_times.json; the committed one is {DEFAULT_OUT})")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help=f"Markdown table output (default: --out with .md; the book includes {DEFAULT_MARKDOWN})")
     parser.add_argument("--no-markdown", action="store_true", help="do not write the Markdown file")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default 1800)")
     parser.add_argument(
@@ -283,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         "--save-executed", type=Path, metavar="DIR", help="also write each executed notebook, with outputs, to DIR"
     )
     args = parser.parse_args(argv)
+    if args.markdown is None:
+        args.markdown = args.out.with_suffix(".md")
 
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if not paths:
@@ -294,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "format": FORMAT,
         "version": 1,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m companion.experiments.notebook_times " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(),
         "memory_method": (

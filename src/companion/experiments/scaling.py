@@ -32,11 +32,12 @@ import torch
 from companion.bpe import BPETokenizer
 from companion.counting import forward_flops_per_token, gpt_parameters
 from companion.data import load_corpus
+from companion.experiments import committed, default_out
 from companion.models import GPT, GPTConfig
 from companion.training import TrainConfig, evaluate, train
 from companion.utils import set_seed
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "scaling_sweep.json"
+DEFAULT_OUT = committed("scaling_sweep")  # the full sweep the chapter reads (written only with --out)
 FORMAT = "companion-scaling-sweep"
 FORMAT_VERSION = 1
 
@@ -209,7 +210,7 @@ def run_one(plan: RunPlan, data: SweepData, cfg: SweepConfig, device: str = "cpu
 def _metadata(cfg: SweepConfig, command: str, data: SweepData | None) -> dict[str, Any]:
     meta = {
         "command": command, "preset": cfg.name,
-        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "torch_version": torch.__version__, "python_version": platform.python_version(),
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m companion.experiments.scaling",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    parser.add_argument("--out", default=None, help=f"JSON to write (default: {DEFAULT_OUT} for "
+    parser.add_argument("--out", default=None, help="JSON to write (default: scaling_<preset>.json in the "
                         "the full preset, scaling_<preset>.json in the current folder otherwise)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --out")
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for p in plan_runs(cfg):
             print(f"{p.key}: N={p.n_params:,} steps={p.steps} D={p.steps * cfg.batch_size * cfg.block_size:,}")
         return {}
-    out = args.out or (DEFAULT_OUT if args.preset == "full" else f"scaling_{args.preset}.json")
+    out = args.out or default_out("scaling", args.preset)
     command = " ".join(["python -m companion.experiments.scaling", *argv])
     return run_sweep(cfg, out, command=command, device=args.device, resume=args.resume,
                      verbose=not args.quiet)
