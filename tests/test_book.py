@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html.parser
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,39 @@ class _LinkParser(html.parser.HTMLParser):
         target = a.get("href") if tag in ("a", "link") else a.get("src") if tag in ("img", "script") else None
         if target:
             self.links.append(target)
+
+
+PROGRESS_LINE = re.compile(r"\d+%\|[^|\n]*\|\s*\d+/\d+")  # tqdm: " 12%|█▏   | 120/1000"
+MAX_PROGRESS_LINES = 3  # a bar's final line, plus a nested bar or two
+
+
+def progress_lines_per_output(html: str) -> list[int]:
+    """Number of progress-bar lines in each output block of a built page."""
+    blocks = re.findall(r'<div class="cell_output.*?(?=<div class="cell |</section>|$)', html, re.S)
+    return [len(PROGRESS_LINE.findall(block)) for block in blocks]
+
+
+def test_progress_bars_leave_one_line(built_html):
+    """A training cell's progress bar shows its final state, not every redraw (book/_ext/terminal_output.py)."""
+    for page in page_paths():
+        counts = progress_lines_per_output((built_html / page).read_text(encoding="utf-8"))
+        worst = max(counts, default=0)
+        assert worst <= MAX_PROGRESS_LINES, f"{page}: a cell output shows {worst} progress-bar lines"
+
+
+def test_progress_line_counter_counts():
+    html = ('<div class="cell_output docutils container"><pre>train:  10%|█ | 10/100\ntrain:  20%|██ | 20/100\n'
+            '</pre></div><div class="cell docutils container">x</div>')
+    assert progress_lines_per_output(html) == [2]
+
+
+def test_terminal_output_extension_keeps_the_last_redraw():
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    from terminal_output import terminal_text
+
+    assert terminal_text("\r  0%| | 0/9\n\r 50%| | 4/9\n\r100%| | 9/9 [00:01]\nloss 1.2\n") == (
+        "100%| | 9/9 [00:01]\nloss 1.2\n")
+    assert terminal_text("abc\rxy\n") == "xy\n" and terminal_text("plain\ntext") == "plain\ntext"
 
 
 def parse_page(path: Path) -> _LinkParser:

@@ -18,6 +18,7 @@ import functools
 import inspect
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,9 +238,12 @@ def precision_context(device: torch.device, cfg: TrainConfig) -> contextlib.Exit
 
 
 def _progress(total: int, initial: int, enabled: bool):
+    """A progress bar: a widget in a notebook with ipywidgets, else a text bar (one live line)."""
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    with warnings.catch_warnings():  # tqdm's advice to install ipywidgets: the text bar is fine
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
 
 
