@@ -32,6 +32,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--disable-extensions",
+    "--window-size=1280,1000",  # a laptop screen: the book's text column is then about 760 px wide
     # Nothing but the local server resolves: a page that needed the network would fail.
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ]
@@ -87,6 +88,16 @@ PAGE_CHECKS_JS = r"""
   const text = prose.textContent;
   const mermaidDivs = [...document.querySelectorAll('pre.mermaid, div.mermaid')];
   const imgs = [...main.querySelectorAll('img')];
+  // Each diagram's scale: rendered width over the width Mermaid laid it out at (its viewBox).
+  // Labels are drawn at the body font size, so a scale of 0.5 means half-size text.
+  const diagrams = mermaidDivs.map(d => d.querySelector('svg')).filter(s => s).map(s => {
+    const natural = s.viewBox && s.viewBox.baseVal ? s.viewBox.baseVal.width : 0;
+    const rendered = s.getBoundingClientRect().width;
+    return {natural: Math.round(natural), rendered: Math.round(rendered),
+            scale: natural > 0 ? rendered / natural : 1,
+            label: (s.textContent || '').trim().slice(0, 60)};
+  });
+  const paragraph = main.querySelector('p');
   return JSON.stringify({
     mathjax: document.querySelectorAll('mjx-container').length,
     mathjax_errors: document.querySelectorAll('mjx-merror').length,
@@ -96,6 +107,8 @@ PAGE_CHECKS_JS = r"""
     raw_tex_commands: (text.match(/\\(frac|sum|prod|mathbf|operatorname|begin\{|sqrt)\b/g) || []).length,
     images: imgs.length,
     broken_images: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),
+    diagrams: diagrams,
+    column_px: paragraph ? Math.round(paragraph.getBoundingClientRect().width) : 0,
   });
 })()
 """
