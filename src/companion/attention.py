@@ -225,7 +225,11 @@ def scaled_dot_product_attention(
 
 def split_heads(x: Tensor, n_heads: int) -> Tensor:
     """(B, T, d_model) -> (B, n_heads, T, d_head): each head gets its own slice of features."""
+    if x.dim() != 3:
+        raise ValueError(f"split_heads expects (B, T, d_model), got shape {tuple(x.shape)}")
     B, T, d_model = x.shape
+    if n_heads < 1 or d_model % n_heads:
+        raise ValueError(f"d_model {d_model} is not divisible into n_heads {n_heads} heads")
     return x.view(B, T, n_heads, d_model // n_heads).transpose(1, 2)  # (B, n_heads, T, d_head)
 
 

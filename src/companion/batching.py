@@ -74,6 +74,8 @@ def get_batch(data: torch.Tensor, batch_size: int, block_size: int,
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One next-token batch: x = data[i:i+block_size], y = data[i+1:i+block_size+1], (B, T) each."""
     data = as_token_tensor(data)
+    if batch_size < 1 or block_size < 1:
+        raise ValueError(f"batch_size and block_size must be >= 1, got {batch_size} and {block_size}")
     if len(data) < block_size + 1:
         raise ValueError(f"data has {len(data)} tokens, fewer than block_size+1 = {block_size + 1}")
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)

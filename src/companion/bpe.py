@@ -21,6 +21,8 @@ from pathlib import Path
 
 import regex  # the `regex` package: unlike `re` it knows Unicode classes such as \p{L}
 
+from companion.utils import read_json
+
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 """The pre-tokenisation regex of GPT-2 (Radford et al., 2019), also used by Hugging Face's ByteLevel."""
 
@@ -311,9 +313,12 @@ class BPETokenizer:
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:
         """Read a tokenizer written by `save`."""
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json(path, "tokenizer file")
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a {_FORMAT} JSON file")
+        missing = [k for k in ("merges", "special_tokens", "pattern", "vocab_size") if k not in data]
+        if missing:
+            raise ValueError(f"{path}: the tokenizer file lacks {missing}")
         if data.get("version") != 1:
             raise ValueError(f"{path}: unsupported version {data.get('version')!r}")
         tok = cls(merges=[tuple(m) for m in data["merges"]], special_tokens=data["special_tokens"],

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 TOKENIZER_FILE = "tokenizer.json"
 HISTORY_FILE = "history.json"
@@ -51,9 +51,17 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (and exit status 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``<prog>: error: <message> (see --help)`` and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `companion` and its sub-commands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="companion",
         description="Pre-train small language models and sample from them (the book "
                     "'LLM Principles', chapters 5 and 6). Runs offline on a laptop CPU.",

