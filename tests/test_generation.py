@@ -417,23 +417,18 @@ def test_sampling_equals_transformers_generate_with_the_same_rng():
     assert torch.equal(mine, ref)
 
 
-def test_packed_linears_compute_what_linear_computes_and_are_removed_after(tiny_gpt):
-    from companion.generation import packed_linears
+def test_packed_copy_computes_what_the_model_computes_and_leaves_it_alone(tiny_gpt):
+    from companion.packing import PackedLinear, packed_for_inference
 
     idx = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
-    linears = [m for m in tiny_gpt.modules() if type(m) is torch.nn.Linear]
+    before = {k: v.clone() for k, v in tiny_gpt.state_dict().items()}
+    fast = packed_for_inference(tiny_gpt)
+    assert not any(type(m) is torch.nn.Linear for m in fast.modules())
+    assert any(isinstance(m, PackedLinear) for m in fast.modules())
+    assert all(type(m) is not PackedLinear for m in tiny_gpt.modules())  # the original is untouched
     with torch.no_grad():
-        plain = tiny_gpt(idx).logits
-        with packed_linears(tiny_gpt) as packed:
-            assert packed and all("forward" in vars(m) for m in linears)
-            torch.testing.assert_close(tiny_gpt(idx).logits, plain, rtol=1e-5, atol=1e-6)
-        assert not any("forward" in vars(m) for m in linears)  # nn.Linear.forward again
-        with pytest.raises(RuntimeError, match="boom"), packed_linears(tiny_gpt):
-            raise RuntimeError("boom")
-        assert not any("forward" in vars(m) for m in linears)  # removed on an error too
-        with packed_linears(tiny_gpt, max_bytes=0) as packed:
-            assert not packed and not any("forward" in vars(m) for m in linears)
-        with packed_linears(tiny_gpt):  # nested (generate inside a packed block) is harmless
-            generate(tiny_gpt, [1, 2, 3], 4, temperature=0)
-            assert all("forward" in vars(m) for m in linears)
-        assert not any("forward" in vars(m) for m in linears)
+        torch.testing.assert_close(fast(idx).logits, tiny_gpt.eval()(idx).logits, rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(before[k], v) for k, v in tiny_gpt.state_dict().items())
+    for use_cache in (True, False):
+        assert torch.equal(generate(fast, [1, 2, 3], 6, temperature=0, use_cache=use_cache),
+                           generate(tiny_gpt, [1, 2, 3], 6, temperature=0, use_cache=use_cache))

@@ -10,8 +10,6 @@ Decoding turns them into one next token, appends it, and repeats. This module ho
   reusing the keys and values of all earlier positions,
 * `KVCache` (one `LayerKVCache` per layer), a preallocated cache that a decoding step appends
   one position to in place, instead of re-building the whole cache with ``torch.cat``,
-* `packed_linears`, which gives every ``nn.Linear`` an ``(in, out)`` copy of its weight for the
-  length of a call (matrix-vector products read it faster on some CPUs),
 * `kv_cache_bytes`, the memory the cache needs: $2 \\cdot n_\\text{layers} \\cdot T \\cdot d_\\text{model}$
   numbers per sequence.
 
@@ -22,9 +20,7 @@ and ``.kv`` (the cache to pass back), and ``model.config.block_size`` is its con
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +30,6 @@ __all__ = [
     "LayerKVCache",
     "generate",
     "kv_cache_bytes",
-    "packed_linears",
     "sample_next_token",
     "top_k_filter",
     "top_p_filter",
@@ -229,46 +224,6 @@ class KVCache:
         return iter(self.layers)
 
 
-# ----------------------------------------------------------------------------- weight layout
-
-PACK_MAX_BYTES = 256 * 2**20  # packed copies of at most this size (GPT-2 small's would be ~0.5 GB)
-
-
-def _packed_linear(weight_t: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
-    """x (..., in) @ weight_t (in, out) + bias: what nn.Linear computes, with the weight stored transposed."""
-    x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-    y = x2 @ weight_t if bias is None else torch.addmm(bias, x2, weight_t)  # (N, out)
-    return y.view(*x.shape[:-1], weight_t.shape[1])
-
-
-@contextlib.contextmanager
-def packed_linears(model: nn.Module, max_bytes: int = PACK_MAX_BYTES) -> Iterator[bool]:
-    """Within the block, every ``nn.Linear`` of `model` multiplies by a contiguous (in, out) copy
-    of its weight; yields whether it packed anything.
-
-    A decoding step multiplies one row vector by every weight matrix, so it is bound by reading
-    the weights from memory. ``nn.Linear`` stores W as (out, in) and computes x W^T; on some CPUs
-    the BLAS reads a matrix faster as x W with W stored (in, out), as GPT-2's original Conv1D
-    layers (and so ``transformers``) store it: about 30% on the 6-layer benchmark model with MKL
-    on an AMD EPYC. The copies are made once on entering, cost as much memory as the Linear
-    weights, and are dropped on leaving. Nothing is packed off the CPU, or when the copies would
-    exceed `max_bytes`. Do not change the weights inside the block: the copies would not follow.
-    """
-    # (a Linear that already has its own forward, e.g. packed by an enclosing block, is left alone)
-    linears = [m for m in model.modules() if type(m) is nn.Linear and "forward" not in vars(m)]
-    size = sum(m.weight.numel() * m.weight.element_size() for m in linears)
-    if not linears or size > max_bytes or any(m.weight.device.type != "cpu" for m in linears):
-        yield False
-        return
-    for m in linears:  # an instance attribute shadows nn.Linear.forward
-        m.forward = functools.partial(_packed_linear, m.weight.detach().t().contiguous(), m.bias)
-    try:
-        yield True
-    finally:
-        for m in linears:
-            del m.forward
-
-
 # ----------------------------------------------------------------------------- generation
 
 
@@ -328,9 +283,9 @@ def generate(
     If `eos_id` is given, a row stops when it emits it (later positions of that row are filled
     with `eos_id`) and generation ends when every row has stopped, so the result can be
     shorter than ``T + max_new_tokens``. The model is put in ``eval()`` mode for the call and
-    its previous mode restored; gradients are never recorded. On a CPU the Linear weights are
-    read from (in, out) copies made for the call (`packed_linears`): the same numbers up to
-    rounding, and faster on the CPU the generation benchmark was measured on.
+    its previous mode restored; gradients are never recorded. (For a CPU fast path, pass
+    ``companion.packing.packed_for_inference(model)`` instead of the model: the same numbers up
+    to rounding; the generation benchmark measures whether it is faster on your CPU.)
     """
     _check_sampling_args(temperature, top_k, top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -367,7 +322,7 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), packed_linears(model):
+        with torch.inference_mode():
             if max_new_tokens == 0:
                 return out[0] if was_1d else out
             past = None
