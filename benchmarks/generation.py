@@ -130,7 +130,7 @@ def run(vocab_size: int = 65, prompt_len: int = 64, new_tokens: int = 448, repea
         result["cache_speedup"] = t_nocache / t_cache
     result["tokens_per_s"] = {k: new_tokens / v for k, v in result["seconds"].items()}
     result["ours_vs_transformers"] = t_hf / t_cache
-    result["packed_vs_transformers"] = t_hf / t["ours_packed"]
+    result["packed_vs_transformers"] = t_hf / result["seconds"]["ours_packed"]
     return result
 
 
