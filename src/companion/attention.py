@@ -29,6 +29,7 @@ __all__ = [
     "padding_mask",
     "scaled_dot_product_attention",
     "split_heads",
+    "values_checkable",
 ]
 
 
@@ -61,6 +62,15 @@ def causal_mask(q_len: int, k_len: int | None = None, device=None) -> Tensor:
     return j <= i + (k_len - q_len)  # (q_len, k_len)
 
 
+def values_checkable(t: Tensor) -> bool:
+    """Whether reading `t`'s values to validate them is free: eager mode on the CPU.
+
+    On an accelerator that read would be a host synchronisation, and inside ``torch.compile`` a
+    graph break, so there the model's forward pass checks only shapes and dtypes.
+    """
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def padding_mask(lengths_or_attention_mask, max_len: int | None = None, device=None) -> Tensor:
     """Boolean (B, 1, 1, S) keep-mask (True = real token) from an HF attention mask or lengths.
 
@@ -71,7 +81,7 @@ def padding_mask(lengths_or_attention_mask, max_len: int | None = None, device=N
     m = torch.as_tensor(lengths_or_attention_mask, device=device)
     if m.ndim == 2:
         if m.dtype != torch.bool:
-            if not bool(((m == 0) | (m == 1)).all()):
+            if values_checkable(m) and not bool(((m == 0) | (m == 1)).all()):
                 raise ValueError("attention mask must contain only 0 and 1 (1 = real token)")
             m = m != 0
         return m[:, None, None, :]  # (B, 1, 1, S)

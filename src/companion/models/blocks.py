@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from companion.attention import MultiHeadAttention
+from companion.attention import MultiHeadAttention, values_checkable
 
 NORMS = ("pre", "post")
 
@@ -140,12 +140,19 @@ class TransformerBlock(nn.Module):
 
 
 def check_token_ids(idx: torch.Tensor, vocab_size: int, name: str = "token id") -> None:
-    """Raise a ValueError unless idx is a (B, T) integer tensor with values in [0, vocab_size)."""
+    """Raise a ValueError unless idx is a (B, T) integer tensor with values in [0, vocab_size).
+
+    Shape and dtype are always checked (they cost nothing). The values are checked only in
+    eager mode on the CPU, where reading ``min``/``max`` costs no device synchronisation; on an
+    accelerator, or inside ``torch.compile`` (where it would break the graph), the forward pass
+    stays free of host syncs, and the ids are checked where data enters instead (``train``
+    validates the whole dataset once, ``generate`` its prompt).
+    """
     if idx.dim() != 2:
         raise ValueError(f"expected token ids of shape (B, T), got shape {tuple(idx.shape)}")
     if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
         raise ValueError(f"token ids must be an integer tensor, got dtype {idx.dtype}")
-    if idx.numel() == 0:
+    if idx.numel() == 0 or not values_checkable(idx):
         return
     lo, hi = int(idx.min()), int(idx.max())
     if lo < 0 or hi >= vocab_size:
