@@ -1,7 +1,8 @@
 """Shared pytest set-up: execute each notebook once for both nbval and the book build.
 
-pytest collects `notebooks/` before `tests/` (see `testpaths`), so nbval runs every
-notebook first. When every cell of a notebook passes, the notebook with the outputs nbval
+The session runs in stages (`pytest_collection_modifyitems`): lint, then the unit tests, then
+nbval over every notebook, then the book build and browser checks, then the standalone runs of
+the notebooks outside the repository. When every cell of a notebook passes, the notebook with the outputs nbval
 received is stored in the Jupyter cache of the book that `tests/test_book.py` builds; the
 book build then finds an up-to-date cached execution (same code, same kernel) instead of
 running the notebook a second time. Run alone, `tests/test_book.py` executes the notebooks
@@ -39,6 +40,25 @@ def restore_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+def _session_stage(item: pytest.Item) -> int:
+    """Order of a test in the session: lint, unit tests, notebooks (nbval), book build, standalone runs."""
+    path = Path(str(item.fspath)).name
+    if path == "test_lint.py":
+        return 0
+    if type(item).__name__ == "IPyNbCell":
+        return 2
+    if path == "test_book.py":
+        return 3
+    if path == "test_standalone.py":
+        return 4
+    return 1
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fail fast on cheap checks: lint and unit tests before the notebooks and the book (a stable sort)."""
+    items.sort(key=_session_stage)
 
 
 def _is_nbval_cell(item: pytest.Item) -> bool:

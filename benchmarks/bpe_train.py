@@ -50,9 +50,12 @@ def time_hf(text: str, vocab_size: int) -> tuple[float, float]:
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     start = time.perf_counter()
     tok.train_from_iterator([text], trainer)
     seconds = time.perf_counter() - start
@@ -69,20 +72,33 @@ def main(argv: list[str] | None = None) -> dict:
     if args.hf:
         os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
-    results = {"vocab_size": args.vocab_size, "python": sys.version.split()[0],
-               "machine": platform.machine(), "corpora": {}}
+    results = {
+        "vocab_size": args.vocab_size,
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "corpora": {},
+    }
     print(f"byte-level BPE training to vocab_size {args.vocab_size} (pure Python, one core)")
-    print(f"{'corpus':<12} {'chars':>10} {'bytes':>10} {'merges':>7} {'seconds':>8} "
-          f"{'merges/s':>9} {'bytes/token':>11}" + ("  HF s  HF bytes/token" if args.hf else ""))
+    print(
+        f"{'corpus':<12} {'chars':>10} {'bytes':>10} {'merges':>7} {'seconds':>8} "
+        f"{'merges/s':>9} {'bytes/token':>11}" + ("  HF s  HF bytes/token" if args.hf else "")
+    )
     for name, text in corpora().items():
         seconds, tok = time_ours(text, args.vocab_size, args.repeats)
         n_bytes = len(text.encode("utf-8"))
         bpt = n_bytes / len(tok.encode(text))
-        row = {"chars": len(text), "bytes": n_bytes, "merges": len(tok.merges),
-               "seconds": round(seconds, 3), "merges_per_s": round(len(tok.merges) / seconds, 1),
-               "bytes_per_token": round(bpt, 4)}
-        line = (f"{name:<12} {len(text):>10,} {n_bytes:>10,} {len(tok.merges):>7} {seconds:>8.2f} "
-                f"{row['merges_per_s']:>9.0f} {bpt:>11.3f}")
+        row = {
+            "chars": len(text),
+            "bytes": n_bytes,
+            "merges": len(tok.merges),
+            "seconds": round(seconds, 3),
+            "merges_per_s": round(len(tok.merges) / seconds, 1),
+            "bytes_per_token": round(bpt, 4),
+        }
+        line = (
+            f"{name:<12} {len(text):>10,} {n_bytes:>10,} {len(tok.merges):>7} {seconds:>8.2f} "
+            f"{row['merges_per_s']:>9.0f} {bpt:>11.3f}"
+        )
         if args.hf:
             hf_seconds, hf_bpt = time_hf(text, args.vocab_size)
             row.update(hf_seconds=round(hf_seconds, 3), hf_bytes_per_token=round(hf_bpt, 4))

@@ -67,8 +67,9 @@ def timed(fns: dict, repeats: int) -> tuple[dict, dict]:
     return {name: statistics.median(t) for name, t in times.items()}, outs
 
 
-def run(vocab_size: int = 65, prompt_len: int = 64, new_tokens: int = 448, repeats: int = 3,
-        skip_no_cache: bool = False) -> dict:
+def run(
+    vocab_size: int = 65, prompt_len: int = 64, new_tokens: int = 448, repeats: int = 3, skip_no_cache: bool = False
+) -> dict:
     """Time the three decoders and return a dict of results (seconds, tokens/s, speed-ups)."""
     model = build_model(vocab_size)
     hf = gpt_to_hf(model).eval()
@@ -92,8 +93,7 @@ def run(vocab_size: int = 65, prompt_len: int = 64, new_tokens: int = 448, repea
 
     def theirs():
         with torch.inference_mode():
-            return hf.generate(prompt, attention_mask=mask, do_sample=False,
-                               max_new_tokens=new_tokens)
+            return hf.generate(prompt, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens)
 
     # warm up both cached paths (first calls allocate and pick kernels)
     generate(model, prompt, 16, temperature=0)
@@ -109,11 +109,21 @@ def run(vocab_size: int = 65, prompt_len: int = 64, new_tokens: int = 448, repea
         model(prompt[:, :4], past_kv=probe, use_cache=True)
     result = {
         "cache": "preallocated (in place)" if probe.length == 4 else "torch.cat per step",
-        "model": dict(n_layers=6, n_heads=6, d_model=384, block_size=512, vocab_size=vocab_size,
-                      n_params=sum(p.numel() for p in model.parameters())),
-        "prompt_len": prompt_len, "new_tokens": new_tokens, "repeats": repeats,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(), "cpu": cpu_info(),
+        "model": dict(
+            n_layers=6,
+            n_heads=6,
+            d_model=384,
+            block_size=512,
+            vocab_size=vocab_size,
+            n_params=sum(p.numel() for p in model.parameters()),
+        ),
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "cpu": cpu_info(),
         "seconds": {"ours_cache": t_cache, "ours_packed": t["ours_packed"], "transformers": t_hf},
         "packing_seconds": pack_s,
         "same_tokens_as_transformers": bool(torch.equal(tok_cache, tok_hf)),
@@ -137,24 +147,31 @@ def run(vocab_size: int = 65, prompt_len: int = 64, new_tokens: int = 448, repea
 def print_table(r: dict) -> None:
     """Print the results as a small table."""
     m = r["model"]
-    print(f"GPT n_layers={m['n_layers']} d_model={m['d_model']} block_size={m['block_size']} "
-          f"vocab_size={m['vocab_size']} ({m['n_params'] / 1e6:.2f}M parameters); "
-          f"{r['new_tokens']} new tokens after a {r['prompt_len']}-token prompt, greedy, "
-          f"torch {r['torch']}, transformers {r['transformers']}, {r['threads']} threads; "
-          f"our KV cache: {r['cache']}; {describe_cpu(r['cpu'])}")
+    print(
+        f"GPT n_layers={m['n_layers']} d_model={m['d_model']} block_size={m['block_size']} "
+        f"vocab_size={m['vocab_size']} ({m['n_params'] / 1e6:.2f}M parameters); "
+        f"{r['new_tokens']} new tokens after a {r['prompt_len']}-token prompt, greedy, "
+        f"torch {r['torch']}, transformers {r['transformers']}, {r['threads']} threads; "
+        f"our KV cache: {r['cache']}; {describe_cpu(r['cpu'])}"
+    )
     print(f"{'decoder':<22}{'seconds':>10}{'tokens/s':>12}")
-    names = {"ours_cache": "ours, KV cache", "ours_packed": "ours, packed", "ours_no_cache": "ours, no cache",
-             "transformers": "transformers generate"}
+    names = {
+        "ours_cache": "ours, KV cache",
+        "ours_packed": "ours, packed",
+        "ours_no_cache": "ours, no cache",
+        "transformers": "transformers generate",
+    }
     for key, name in names.items():
         if key in r["seconds"]:
             print(f"{name:<22}{r['seconds'][key]:>10.3f}{r['tokens_per_s'][key]:>12.1f}")
     if "cache_speedup" in r:
-        print(f"KV cache speed-up: {r['cache_speedup']:.1f}x (same tokens: "
-              f"{r['same_tokens_cache_vs_no_cache']})")
-    print(f"ours / transformers tokens/s: {r['ours_vs_transformers']:.2f}x "
-          f"(same tokens: {r['same_tokens_as_transformers']}); packed copy / transformers: "
-          f"{r['packed_vs_transformers']:.2f}x (same tokens: {r['same_tokens_packed']}; the copy took "
-          f"{r['packing_seconds'] * 1e3:.0f} ms to make)")
+        print(f"KV cache speed-up: {r['cache_speedup']:.1f}x (same tokens: {r['same_tokens_cache_vs_no_cache']})")
+    print(
+        f"ours / transformers tokens/s: {r['ours_vs_transformers']:.2f}x "
+        f"(same tokens: {r['same_tokens_as_transformers']}); packed copy / transformers: "
+        f"{r['packed_vs_transformers']:.2f}x (same tokens: {r['same_tokens_packed']}; the copy took "
+        f"{r['packing_seconds'] * 1e3:.0f} ms to make)"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -57,36 +57,51 @@ from companion.utils import cpu_info, describe_cpu
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--text", metavar="FILE", help="a text file instead of companion's Shakespeare")
     p.add_argument("--target", type=float, default=1.89, help="validation loss to reach")
     p.add_argument("--n-layers", type=int, default=4)
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--activation", default="gelu",
-                   help="feed-forward activation (GPTConfig): gelu (erf), gelu_tanh or relu")
+    p.add_argument(
+        "--activation", default="gelu", help="feed-forward activation (GPTConfig): gelu (erf), gelu_tanh or relu"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=400, help="schedule length (cosine ends here)")
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--min-lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.99), metavar=("BETA1", "BETA2"),
-                   help="AdamW's moment decay rates")
-    p.add_argument("--optimizer", choices=("adamw", "muon"), default="muon",
-                   help="muon: Muon for the blocks' matrices, AdamW for embeddings, biases, norms")
+    p.add_argument(
+        "--betas",
+        type=float,
+        nargs=2,
+        default=(0.9, 0.99),
+        metavar=("BETA1", "BETA2"),
+        help="AdamW's moment decay rates",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=("adamw", "muon"),
+        default="muon",
+        help="muon: Muon for the blocks' matrices, AdamW for embeddings, biases, norms",
+    )
     p.add_argument("--muon-lr", type=float, default=0.02, help="Muon's peak learning rate")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
-    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
-                   help="fused AdamW")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True, help="fused AdamW")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--eval-interval", type=int, default=50)
     p.add_argument("--eval-steps", type=int, default=8, help="batches of the cheap estimate")
-    p.add_argument("--margin", type=float, default=0.015,
-                   help="run the full validation pass when the estimate is below target + margin")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.015,
+        help="run the full validation pass when the estimate is below target + margin",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON")
     return p.parse_args(argv)
@@ -105,16 +120,35 @@ def main(argv: list[str] | None = None) -> dict:
     n_train = int(0.9 * len(ids))
     train_ids, val_ids = ids[:n_train], ids[n_train:]
     torch.manual_seed(args.seed)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=args.block_size,
-                          n_layers=args.n_layers, n_heads=args.n_heads, d_model=args.d_model,
-                          activation=args.activation))
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, block_size=args.block_size,
-                      lr=args.lr, min_lr=args.min_lr, warmup_steps=args.warmup,
-                      weight_decay=args.weight_decay, betas=tuple(args.betas),
-                      optimizer=args.optimizer, muon_lr=args.muon_lr,
-                      eval_interval=args.eval_interval,
-                      eval_steps=args.eval_steps, device="cpu", dtype=args.dtype,
-                      fused=args.fused, compile=args.compile, seed=args.seed)
+    model = GPT(
+        GPTConfig(
+            vocab_size=tok.vocab_size,
+            block_size=args.block_size,
+            n_layers=args.n_layers,
+            n_heads=args.n_heads,
+            d_model=args.d_model,
+            activation=args.activation,
+        )
+    )
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        block_size=args.block_size,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup_steps=args.warmup,
+        weight_decay=args.weight_decay,
+        betas=tuple(args.betas),
+        optimizer=args.optimizer,
+        muon_lr=args.muon_lr,
+        eval_interval=args.eval_interval,
+        eval_steps=args.eval_steps,
+        device="cpu",
+        dtype=args.dtype,
+        fused=args.fused,
+        compile=args.compile,
+        seed=args.seed,
+    )
     checks: list[dict] = []
     reached: dict = {}
 
@@ -124,10 +158,20 @@ def main(argv: list[str] | None = None) -> dict:
         if history.val_loss[-1] > args.target + args.margin:
             return False
         full = evaluate_full(model, val_ids, args.block_size, cfg=cfg)
-        checks.append({"step": step, "estimate": history.val_loss[-1], "full_val_loss": full,
-                       "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0})
-        print(f"  step {step}: estimate {history.val_loss[-1]:.4f}, full validation {full:.4f} "
-              f"at {checks[-1]['wall_s']:.1f} s", flush=True)
+        checks.append(
+            {
+                "step": step,
+                "estimate": history.val_loss[-1],
+                "full_val_loss": full,
+                "wall_s": time.perf_counter() - t0,
+                "cpu_s": time.process_time() - c0,
+            }
+        )
+        print(
+            f"  step {step}: estimate {history.val_loss[-1]:.4f}, full validation {full:.4f} "
+            f"at {checks[-1]['wall_s']:.1f} s",
+            flush=True,
+        )
         if full <= args.target:
             reached.update(checks[-1])
             return True
@@ -137,25 +181,39 @@ def main(argv: list[str] | None = None) -> dict:
     total = time.perf_counter() - t0
     load_after = os.getloadavg()
     tokens = len(history.step) * args.batch_size * args.block_size
-    result = {"reached": bool(reached), "target": args.target,
-              "seconds_to_target": reached.get("wall_s"), "cpu_seconds_to_target": reached.get("cpu_s"),
-              "step": reached.get("step"),
-              "full_val_loss": reached.get("full_val_loss"), "total_s": total,
-              "tokens_seen": tokens, "train_tokens_per_s": tokens / total, "checks": checks,
-              "n_params": sum(p.numel() for p in model.parameters()),
-              "recipe": {k: v for k, v in vars(args).items() if k not in ("json",)},
-              "threads": torch.get_num_threads(), "cpu": cpu_info(), "load_average_before": load_before,
-              "load_average_after": load_after, "corpus": args.text or "companion shakespeare"}
+    result = {
+        "reached": bool(reached),
+        "target": args.target,
+        "seconds_to_target": reached.get("wall_s"),
+        "cpu_seconds_to_target": reached.get("cpu_s"),
+        "step": reached.get("step"),
+        "full_val_loss": reached.get("full_val_loss"),
+        "total_s": total,
+        "tokens_seen": tokens,
+        "train_tokens_per_s": tokens / total,
+        "checks": checks,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "recipe": {k: v for k, v in vars(args).items() if k not in ("json",)},
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_info(),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "corpus": args.text or "companion shakespeare",
+    }
     print(describe_cpu())
     if reached:
-        print(f"validation loss {reached['full_val_loss']:.4f} <= {args.target} after "
-              f"{reached['step']} steps ({tokens:,} tokens) in {reached['wall_s']:.1f} s wall, "
-              f"{reached['cpu_s']:.1f} CPU-s on {torch.get_num_threads()} threads (reference trainer: "
-              f"~128 s wall); load average {load_before[0]:.2f} -> {load_after[0]:.2f}")
+        print(
+            f"validation loss {reached['full_val_loss']:.4f} <= {args.target} after "
+            f"{reached['step']} steps ({tokens:,} tokens) in {reached['wall_s']:.1f} s wall, "
+            f"{reached['cpu_s']:.1f} CPU-s on {torch.get_num_threads()} threads (reference trainer: "
+            f"~128 s wall); load average {load_before[0]:.2f} -> {load_after[0]:.2f}"
+        )
     else:
         last = history.val_loss[-1] if history.val_loss else float("nan")
-        print(f"target {args.target} NOT reached in {args.steps} steps ({total:.1f} s); last "
-              f"estimate {last:.4f}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}")
+        print(
+            f"target {args.target} NOT reached in {args.steps} steps ({total:.1f} s); last "
+            f"estimate {last:.4f}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -33,8 +33,9 @@ from companion.training import TrainConfig, train
 from companion.utils import cpu_info, describe_cpu
 
 REFERENCE_TOKENS_PER_S = 12_000  # ≈ 768 tokens / 62 ms (SYLLABUS.md)
-REFERENCE_MODEL = dict(n_layers=4, n_heads=4, d_model=128, block_size=64, dropout=0.0,
-                       activation="gelu")  # the reference trainer's exact (erf) GELU
+REFERENCE_MODEL = dict(
+    n_layers=4, n_heads=4, d_model=128, block_size=64, dropout=0.0, activation="gelu"
+)  # the reference trainer's exact (erf) GELU
 
 
 def load_ids(text_file: str | None) -> tuple[torch.Tensor, int]:
@@ -45,8 +46,7 @@ def load_ids(text_file: str | None) -> tuple[torch.Tensor, int]:
     return ids[: int(0.9 * len(ids))], tok.vocab_size
 
 
-def measure(mode: str, ids: torch.Tensor, vocab_size: int, steps: int, warmup: int,
-            batch_size: int) -> dict:
+def measure(mode: str, ids: torch.Tensor, vocab_size: int, steps: int, warmup: int, batch_size: int) -> dict:
     """Train `warmup + steps` steps in `mode`; return tokens/s and ms/step of the timed steps."""
     parts = set(mode.split("+"))
     unknown = parts - {"fp32", "bf16", "fused", "compile"}
@@ -54,10 +54,18 @@ def measure(mode: str, ids: torch.Tensor, vocab_size: int, steps: int, warmup: i
         raise ValueError(f"unknown mode part(s) {sorted(unknown)} in {mode!r}")
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=vocab_size, **REFERENCE_MODEL))
-    cfg = TrainConfig(steps=warmup + steps, batch_size=batch_size, block_size=64, lr=1e-3,
-                      min_lr=1e-4, warmup_steps=min(100, warmup + steps), device="cpu",
-                      dtype="bf16" if "bf16" in parts else "fp32", fused="fused" in parts,
-                      compile="compile" in parts)
+    cfg = TrainConfig(
+        steps=warmup + steps,
+        batch_size=batch_size,
+        block_size=64,
+        lr=1e-3,
+        min_lr=1e-4,
+        warmup_steps=min(100, warmup + steps),
+        device="cpu",
+        dtype="bf16" if "bf16" in parts else "fp32",
+        fused="fused" in parts,
+        compile="compile" in parts,
+    )
     c_warm = []
 
     def mark(step: int, history) -> None:  # CPU time at the end of the warm-up
@@ -70,20 +78,26 @@ def measure(mode: str, ids: torch.Tensor, vocab_size: int, steps: int, warmup: i
     cpu_timed = time.process_time() - c_warm[0]
     tokens = batch_size * 64
     step_s = [tokens / x for x in h.tokens_per_s[warmup:]]
-    return {"mode": mode, "tokens_per_s": tokens * len(step_s) / sum(step_s),
-            "ms_per_step": 1000 * sum(step_s) / len(step_s),
-            "ms_per_step_median": 1000 * statistics.median(step_s),
-            "tokens_per_cpu_s": tokens * len(step_s) / cpu_timed,
-            "warmup_s": total - sum(step_s), "final_train_loss": h.train_loss[-1],
-            "n_params": sum(p.numel() for p in model.parameters())}
+    return {
+        "mode": mode,
+        "tokens_per_s": tokens * len(step_s) / sum(step_s),
+        "ms_per_step": 1000 * sum(step_s) / len(step_s),
+        "ms_per_step_median": 1000 * statistics.median(step_s),
+        "tokens_per_cpu_s": tokens * len(step_s) / cpu_timed,
+        "warmup_s": total - sum(step_s),
+        "final_train_loss": h.train_loss[-1],
+        "n_params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark and print a table; return the results."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--modes", default="fp32,fp32+fused,bf16,bf16+fused",
-                   help="comma-separated modes, e.g. fp32,bf16,bf16+compile")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--modes", default="fp32,fp32+fused,bf16,bf16+fused", help="comma-separated modes, e.g. fp32,bf16,bf16+compile"
+    )
     p.add_argument("--steps", type=int, default=150, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps per mode")
     p.add_argument("--batch-size", type=int, default=12)
@@ -97,26 +111,40 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = os.getloadavg()
     results = []
     cpu = cpu_info()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {describe_cpu(cpu)}; "
-          f"load average before: {load_before[0]:.2f}")
-    print(f"{'mode':<18}{'tokens/s':>10}{'ms/step':>9}{'vs 12k':>8}{'warm-up s':>11}"
-          f"{'tokens/CPU-s':>14}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {describe_cpu(cpu)}; "
+        f"load average before: {load_before[0]:.2f}"
+    )
+    print(f"{'mode':<18}{'tokens/s':>10}{'ms/step':>9}{'vs 12k':>8}{'warm-up s':>11}{'tokens/CPU-s':>14}")
     for mode in args.modes.split(","):
         r = measure(mode.strip(), ids, vocab, args.steps, args.warmup, args.batch_size)
         results.append(r)
-        print(f"{r['mode']:<18}{r['tokens_per_s']:>10,.0f}{r['ms_per_step']:>9.1f}"
-              f"{r['tokens_per_s'] / REFERENCE_TOKENS_PER_S:>7.2f}x{r['warmup_s']:>11.1f}"
-              f"{r['tokens_per_cpu_s']:>14,.0f}", flush=True)
+        print(
+            f"{r['mode']:<18}{r['tokens_per_s']:>10,.0f}{r['ms_per_step']:>9.1f}"
+            f"{r['tokens_per_s'] / REFERENCE_TOKENS_PER_S:>7.2f}x{r['warmup_s']:>11.1f}"
+            f"{r['tokens_per_cpu_s']:>14,.0f}",
+            flush=True,
+        )
     load_after = os.getloadavg()
     best = max(results, key=lambda r: r["tokens_per_s"])
-    print(f"fastest: {best['mode']} at {best['tokens_per_s']:,.0f} tokens/s = "
-          f"{best['tokens_per_s'] / REFERENCE_TOKENS_PER_S:.2f}x the reference trainer's 12k; "
-          f"load average after: {load_after[0]:.2f} (above ~{os.cpu_count()} means other processes "
-          f"shared the cores)")
-    out = {"results": results, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-           "torch": torch.__version__, "cpu": cpu, "load_average_before": load_before,
-           "load_average_after": load_after, "reference_tokens_per_s": REFERENCE_TOKENS_PER_S,
-           "n_params": results[0]["n_params"], "vocab_size": vocab}
+    print(
+        f"fastest: {best['mode']} at {best['tokens_per_s']:,.0f} tokens/s = "
+        f"{best['tokens_per_s'] / REFERENCE_TOKENS_PER_S:.2f}x the reference trainer's 12k; "
+        f"load average after: {load_after[0]:.2f} (above ~{os.cpu_count()} means other processes "
+        f"shared the cores)"
+    )
+    out = {
+        "results": results,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "cpu": cpu,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "reference_tokens_per_s": REFERENCE_TOKENS_PER_S,
+        "n_params": results[0]["n_params"],
+        "vocab_size": vocab,
+    }
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

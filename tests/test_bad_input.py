@@ -49,8 +49,17 @@ def tiny_gpt() -> GPT:
 
 def tiny_seq2seq() -> EncoderDecoder:
     torch.manual_seed(0)
-    return EncoderDecoder(EncoderDecoderConfig(src_vocab_size=9, tgt_vocab_size=7, block_size=8,
-                                               n_encoder_layers=1, n_decoder_layers=1, n_heads=2, d_model=8))
+    return EncoderDecoder(
+        EncoderDecoderConfig(
+            src_vocab_size=9,
+            tgt_vocab_size=7,
+            block_size=8,
+            n_encoder_layers=1,
+            n_decoder_layers=1,
+            n_heads=2,
+            d_model=8,
+        )
+    )
 
 
 def char_tok():
@@ -114,10 +123,14 @@ CASES = {
     "causal_mask negative length": lambda: attention.causal_mask(-1),
     "split_heads not divisible": lambda: attention.split_heads(torch.zeros(1, 2, 6), 4),
     "sdpa mismatched d_head": lambda: attention.scaled_dot_product_attention(
-        torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 5), torch.zeros(1, 2, 3, 4)),
+        torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 5), torch.zeros(1, 2, 3, 4)
+    ),
     "sdpa mask of wrong shape": lambda: attention.scaled_dot_product_attention(
-        torch.zeros(1, 1, 3, 4), torch.zeros(1, 1, 3, 4), torch.zeros(1, 1, 3, 4),
-        mask=torch.ones(5, 5, dtype=torch.bool)),
+        torch.zeros(1, 1, 3, 4),
+        torch.zeros(1, 1, 3, 4),
+        torch.zeros(1, 1, 3, 4),
+        mask=torch.ones(5, 5, dtype=torch.bool),
+    ),
     "MultiHeadAttention n_heads = 0": lambda: attention.MultiHeadAttention(8, 0),
     "MultiHeadAttention not divisible": lambda: attention.MultiHeadAttention(8, 3),
     "MultiHeadAttention wrong width": lambda: attention.MultiHeadAttention(8, 2)(torch.zeros(1, 3, 6)),
@@ -140,8 +153,9 @@ CASES = {
     "GPT 1-D input": lambda: tiny_gpt()(T([1, 2])),
     "GPT float input": lambda: tiny_gpt()(torch.zeros(1, 3)),
     "GPT targets of wrong shape": lambda: tiny_gpt()(T([[1, 2]]), targets=T([[1]])),
-    "Encoder token id out of range": lambda: Encoder(EncoderConfig(
-        vocab_size=10, block_size=8, n_layers=1, n_heads=2, d_model=8))(T([[1, 10]])),
+    "Encoder token id out of range": lambda: Encoder(
+        EncoderConfig(vocab_size=10, block_size=8, n_layers=1, n_heads=2, d_model=8)
+    )(T([[1, 10]])),
     "EncoderDecoder target id out of range": lambda: tiny_seq2seq()(T([[1, 2]]), T([[1, 7]])),
     # generation
     "generate negative max_new_tokens": lambda: generation.generate(tiny_gpt(), [1], -1),
@@ -159,10 +173,12 @@ CASES = {
     "top_p_filter p = 2": lambda: generation.top_p_filter(torch.zeros(1, 4), 2.0),
     "kv_cache_bytes negative": lambda: generation.kv_cache_bytes(-1, 8, 8),
     # seq2seq decoding
-    "beam_search num_beams = 0": lambda: decoding.beam_search(lambda x: torch.zeros(len(x), 4).log_softmax(-1),
-                                                              T([0]), num_beams=0, max_new_tokens=2),
-    "greedy_decode bos out of range": lambda: decoding.greedy_decode(tiny_seq2seq(), T([[1, 2]]), bos_id=7,
-                                                                     eos_id=1, max_len=3),
+    "beam_search num_beams = 0": lambda: decoding.beam_search(
+        lambda x: torch.zeros(len(x), 4).log_softmax(-1), T([0]), num_beams=0, max_new_tokens=2
+    ),
+    "greedy_decode bos out of range": lambda: decoding.greedy_decode(
+        tiny_seq2seq(), T([[1, 2]]), bos_id=7, eos_id=1, max_len=3
+    ),
     "make_date_pairs negative count": lambda: seq2seq_data.make_date_pairs(-1, 1),
     "format_date unknown style": lambda: seq2seq_data.format_date(dt.date(2020, 1, 1), "klingon"),
     "CharVocab encode unknown char": lambda: seq2seq_data.date_vocabs()[1].encode("xyz!"),
@@ -173,19 +189,29 @@ CASES = {
     "TrainConfig unknown optimizer": lambda: TrainConfig(optimizer="sgdd"),
     "TrainConfig min_lr above lr": lambda: TrainConfig(lr=1e-3, min_lr=1e-2),
     "TrainConfig betas out of range": lambda: TrainConfig(betas=(0.9, 1.5)),
-    "train data shorter than block": lambda: train(tiny_gpt(), torch.arange(5), None,
-                                                   TrainConfig(steps=1, block_size=8, device="cpu"), progress=False),
-    "train token id beyond vocab": lambda: train(tiny_gpt(), torch.arange(100), None,
-                                                 TrainConfig(steps=1, block_size=8, batch_size=2, device="cpu"),
-                                                 progress=False),
-    "train block_size beyond the model's": lambda: train(tiny_gpt(), torch.arange(100) % 10, None,
-                                                         TrainConfig(steps=1, block_size=16, batch_size=2,
-                                                                     device="cpu"), progress=False),
+    "train data shorter than block": lambda: train(
+        tiny_gpt(), torch.arange(5), None, TrainConfig(steps=1, block_size=8, device="cpu"), progress=False
+    ),
+    "train token id beyond vocab": lambda: train(
+        tiny_gpt(),
+        torch.arange(100),
+        None,
+        TrainConfig(steps=1, block_size=8, batch_size=2, device="cpu"),
+        progress=False,
+    ),
+    "train block_size beyond the model's": lambda: train(
+        tiny_gpt(),
+        torch.arange(100) % 10,
+        None,
+        TrainConfig(steps=1, block_size=16, batch_size=2, device="cpu"),
+        progress=False,
+    ),
     "load_pretrained damaged weights": damaged_checkpoint,
     "load_pretrained empty folder": lambda tmp_path: load_pretrained(tmp_path),
     # Hugging Face interop
-    "gpt_to_hf post-LN model": lambda: hf.gpt_to_hf(GPT(GPTConfig(vocab_size=10, block_size=8, n_layers=1,
-                                                                  n_heads=1, d_model=8, norm="post"))),
+    "gpt_to_hf post-LN model": lambda: hf.gpt_to_hf(
+        GPT(GPTConfig(vocab_size=10, block_size=8, n_layers=1, n_heads=1, d_model=8, norm="post"))
+    ),
     "gpt_to_hf eos id out of range": lambda: hf.gpt_to_hf(tiny_gpt(), eos_token_id=10),
     # fine-tuning and baselines
     "SequenceClassifier one class": lambda: finetune.SequenceClassifier(tiny_gpt(), 1),
@@ -193,7 +219,8 @@ CASES = {
     "pad_batch empty": lambda: finetune.pad_batch([]),
     "FinetuneConfig steps = 0": lambda: finetune.FinetuneConfig(steps=0),
     "fit_classifier labels length mismatch": lambda: finetune.fit_classifier(
-        finetune.SequenceClassifier(tiny_gpt(), 2), [[1, 2]], [0, 1], finetune.FinetuneConfig(steps=1)),
+        finetune.SequenceClassifier(tiny_gpt(), 2), [[1, 2]], [0, 1], finetune.FinetuneConfig(steps=1)
+    ),
     "fit_bag_of_words label out of range": lambda: finetune_bow_bad_label(),
     "fit_linear_probe features/labels mismatch": lambda: interpret.fit_linear_probe(torch.zeros(3, 2), T([0, 1])),
     "word2vec no sentences": lambda: embeddings.train_word2vec([]),
@@ -213,8 +240,9 @@ CASES = {
     "distillation_loss temperature 0": lambda: efficiency.distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), 0.0),
     "distillation_loss shape mismatch": lambda: efficiency.distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4)),
     "induction_scores period 0": lambda: interpret.induction_scores(torch.rand(1, 1, 8, 8), 0),
-    "weat_effect_size empty set": lambda: interpret.weat_effect_size(torch.zeros(0, 2), torch.ones(2, 2),
-                                                                      torch.ones(2, 2), torch.ones(2, 2)),
+    "weat_effect_size empty set": lambda: interpret.weat_effect_size(
+        torch.zeros(0, 2), torch.ones(2, 2), torch.ones(2, 2), torch.ones(2, 2)
+    ),
     "newton_schulz 1-D": lambda: optim.newton_schulz(torch.randn(4)),
     "hidden_matrices of a model without Linear layers": lambda: optim.Muon(optim.hidden_matrices(torch.nn.ReLU())),
 }
@@ -257,15 +285,18 @@ def test_tiny_temperature_is_greedy_not_an_error():
     assert generation.sample_next_token(logits, temperature=1e-30).item() == 1
 
 
-@pytest.mark.parametrize("argv", [
-    ["train", "--text", "/nonexistent.txt", "--steps", "1"],
-    ["train", "no-such-corpus", "--steps", "1"],
-    ["sample", "--ckpt", "/nonexistent-folder"],
-    ["train", "shakespeare", "--text", "x"],
-    ["train", "shakespeare", "--val-fraction", "2"],
-    ["train", "shakespeare", "--steps", "-3"],
-    ["sample", "--ckpt", ".", "--temperature", "hot"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--text", "/nonexistent.txt", "--steps", "1"],
+        ["train", "no-such-corpus", "--steps", "1"],
+        ["sample", "--ckpt", "/nonexistent-folder"],
+        ["train", "shakespeare", "--text", "x"],
+        ["train", "shakespeare", "--val-fraction", "2"],
+        ["train", "shakespeare", "--steps", "-3"],
+        ["sample", "--ckpt", ".", "--temperature", "hot"],
+    ],
+)
 def test_cli_bad_input_is_one_line_and_status_2(argv, capsys):
     from companion.cli import main
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-
 from browser import Chromium, find_chromium, serve
-from conftest import book_output_dir
 from test_notebooks import toc_files
+
+from conftest import book_output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.book, pytest.mark.slow]
@@ -81,7 +81,9 @@ class _LinkParser(html.parser.HTMLParser):
 
 PROGRESS_LINE = re.compile(r"\d+%\|[^|\n]*\|\s*\d+/\d+")  # tqdm: " 12%|█▏   | 120/1000"
 MAX_PROGRESS_LINES = 3
-MIN_DIAGRAM_SCALE = 0.8  # a diagram's labels at least 80% of the body text size  # a bar's final line, plus a nested bar or two
+MIN_DIAGRAM_SCALE = (
+    0.8  # a diagram's labels at least 80% of the body text size  # a bar's final line, plus a nested bar or two
+)
 
 
 def progress_lines_per_output(html: str) -> list[int]:
@@ -99,8 +101,10 @@ def test_progress_bars_leave_one_line(built_html):
 
 
 def test_progress_line_counter_counts():
-    html = ('<div class="cell_output docutils container"><pre>train:  10%|█ | 10/100\ntrain:  20%|██ | 20/100\n'
-            '</pre></div><div class="cell docutils container">x</div>')
+    html = (
+        '<div class="cell_output docutils container"><pre>train:  10%|█ | 10/100\ntrain:  20%|██ | 20/100\n'
+        '</pre></div><div class="cell docutils container">x</div>'
+    )
     assert progress_lines_per_output(html) == [2]
 
 
@@ -109,7 +113,8 @@ def test_terminal_output_extension_keeps_the_last_redraw():
     from terminal_output import terminal_text
 
     assert terminal_text("\r  0%| | 0/9\n\r 50%| | 4/9\n\r100%| | 9/9 [00:01]\nloss 1.2\n") == (
-        "100%| | 9/9 [00:01]\nloss 1.2\n")
+        "100%| | 9/9 [00:01]\nloss 1.2\n"
+    )
     assert terminal_text("abc\rxy\n") == "xy\n" and terminal_text("plain\ntext") == "plain\ntext"
 
 
@@ -153,10 +158,12 @@ def test_internal_links_resolve(built_html):
 
 
 def test_link_checker_finds_broken_links(tmp_path):
-    (tmp_path / "a.html").write_text('<h1 id="top">A</h1><a href="b.html#there">ok</a>'
-                                     '<link href="b.html?v=3"><a href="#top">self</a>'
-                                     '<a href="b.html#gone">bad</a><a href="c.html">bad</a>'
-                                     '<img src="img/x.png"><a href="https://example.org">ext</a>')
+    (tmp_path / "a.html").write_text(
+        '<h1 id="top">A</h1><a href="b.html#there">ok</a>'
+        '<link href="b.html?v=3"><a href="#top">self</a>'
+        '<a href="b.html#gone">bad</a><a href="c.html">bad</a>'
+        '<img src="img/x.png"><a href="https://example.org">ext</a>'
+    )
     (tmp_path / "b.html").write_text('<section id="there"><a href="a.html#top">back</a></section>')
     assert broken_links(tmp_path, ["a.html", "b.html"]) == [
         "a.html: b.html#gone (no id 'gone' in b.html)",
@@ -190,8 +197,11 @@ def test_pages_render_offline(built_html, browser):
         diagrams = 0
         for page in page_paths():
             report = browser.visit(f"{base}/{page}")
-            outside = [u for u in report.requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
-                       and urlparse(u).netloc != host]
+            outside = [
+                u
+                for u in report.requests
+                if urlparse(u).scheme in ("http", "https", "ws", "wss") and urlparse(u).netloc != host
+            ]
             assert outside == [], f"{page} requested resources off this machine: {outside}"
             assert report.console_errors == [], f"{page}: console errors {report.console_errors}"
             checks = report.checks
@@ -199,13 +209,17 @@ def test_pages_render_offline(built_html, browser):
             assert checks["raw_display_math"] == 0, f"{page}: unrendered $$ in the text"
             assert checks["raw_tex_commands"] == 0, f"{page}: unrendered TeX commands in the text"
             assert checks["mermaid_svgs"] == checks["mermaid_blocks"], (
-                f"{page}: {checks['mermaid_blocks']} Mermaid blocks but {checks['mermaid_svgs']} rendered SVGs")
+                f"{page}: {checks['mermaid_blocks']} Mermaid blocks but {checks['mermaid_svgs']} rendered SVGs"
+            )
             assert checks["broken_images"] == [], f"{page}: broken images {checks['broken_images']}"
             small = [d for d in checks["diagrams"] if d["scale"] < MIN_DIAGRAM_SCALE]
-            assert not small, (f"{page}: diagrams drawn below {MIN_DIAGRAM_SCALE:.0%} of the text size in a "
-                               f"{checks['column_px']} px column (lay them out top to bottom or split them): "
-                               + "; ".join(f"{d['natural']} px -> {d['rendered']} px ({d['scale']:.0%}): "
-                                           f"{d['label']!r}" for d in small))
+            assert not small, (
+                f"{page}: diagrams drawn below {MIN_DIAGRAM_SCALE:.0%} of the text size in a "
+                f"{checks['column_px']} px column (lay them out top to bottom or split them): "
+                + "; ".join(
+                    f"{d['natural']} px -> {d['rendered']} px ({d['scale']:.0%}): {d['label']!r}" for d in small
+                )
+            )
             diagrams += len(checks["diagrams"])
             if page.startswith("notebooks/"):
                 assert checks["mathjax"] > 0, f"{page}: no MathJax output (mjx-container)"

@@ -48,8 +48,12 @@ def hf_trained(text: str, vocab_size: int) -> hf_tokenizers.Tokenizer:
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([text], trainer)
     return tok
 
@@ -94,6 +98,7 @@ def naive_train(text: str, n_merges: int) -> list[tuple[bytes, bytes]]:
 
 # ---------------------------------------------------------------- against Hugging Face tokenizers
 
+
 @pytest.mark.parametrize("name", list(SLICES))
 def test_same_ids_as_hugging_face(name, corpora, trained):
     """Our vocabulary and merges loaded into HF's BPE model: identical ids on held-out text."""
@@ -135,6 +140,7 @@ def test_same_ids_as_hugging_face_on_any_text(small_tok):
 
 
 # ---------------------------------------------------------------- training
+
 
 def test_incremental_training_equals_naive_on_corpus_text():
     text = load_corpus("shakespeare")[:20_000]
@@ -189,6 +195,7 @@ def test_vocab_size_too_small_is_an_error():
 
 # ---------------------------------------------------------------- encode / decode
 
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text())
 def test_round_trip_any_unicode(small_tok, s):
@@ -196,15 +203,18 @@ def test_round_trip_any_unicode(small_tok, s):
     assert small_tok.decode_bytes(small_tok.encode(s)) == s.encode("utf-8")
 
 
-@pytest.mark.parametrize("s", [
-    "",
-    "你好，世界。语言模型把文字切成词元。",
-    "😀 👍🏽 👨‍👩‍👧‍👦 🏳️‍🌈",  # skin tone modifier and zero-width-joiner sequences
-    "tab\tnull\x00bell\x07escape\x1b[0m del\x7f\r\n",
-    " " * 37 + "\n\n\n" + "\t" * 5 + "x" + " " * 8,
-    "e\u0301 é ﬁ Ω Å",  # combining accent, ligature, compatibility characters: no normalisation
-    "\ud7ff\ue000\U0010ffff",
-])
+@pytest.mark.parametrize(
+    "s",
+    [
+        "",
+        "你好，世界。语言模型把文字切成词元。",
+        "😀 👍🏽 👨‍👩‍👧‍👦 🏳️‍🌈",  # skin tone modifier and zero-width-joiner sequences
+        "tab\tnull\x00bell\x07escape\x1b[0m del\x7f\r\n",
+        " " * 37 + "\n\n\n" + "\t" * 5 + "x" + " " * 8,
+        "e\u0301 é ﬁ Ω Å",  # combining accent, ligature, compatibility characters: no normalisation
+        "\ud7ff\ue000\U0010ffff",
+    ],
+)
 def test_round_trip_examples(small_tok, s):
     ids = small_tok.encode(s)
     assert small_tok.decode(ids) == s
@@ -255,6 +265,7 @@ def test_bad_inputs(small_tok):
 
 
 # ---------------------------------------------------------------- persistence and helpers
+
 
 def test_save_load_round_trip(tmp_path, small_tok):
     path = tmp_path / "bpe.json"

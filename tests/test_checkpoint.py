@@ -41,8 +41,19 @@ def model(seed: int = 0) -> GPT:
 
 
 def cfg(out, steps: int) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_size=4, block_size=8, lr=1e-2, min_lr=1e-3, warmup_steps=2,
-                       eval_interval=0, eval_steps=1, device="cpu", out_dir=str(out), log_interval=1)
+    return TrainConfig(
+        steps=steps,
+        batch_size=4,
+        block_size=8,
+        lr=1e-2,
+        min_lr=1e-3,
+        warmup_steps=2,
+        eval_interval=0,
+        eval_steps=1,
+        device="cpu",
+        out_dir=str(out),
+        log_interval=1,
+    )
 
 
 def stop_at(n):

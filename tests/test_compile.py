@@ -26,8 +26,9 @@ def batch():
 
 
 def describe(e) -> str:
-    return "; ".join(f"{b.reason.splitlines()[0]} at {b.user_stack[-1] if b.user_stack else '?'}"
-                     for b in e.break_reasons)
+    return "; ".join(
+        f"{b.reason.splitlines()[0]} at {b.user_stack[-1] if b.user_stack else '?'}" for b in e.break_reasons
+    )
 
 
 def test_gpt_forward_has_no_graph_breaks(batch):
@@ -43,8 +44,17 @@ def test_encoder_and_encoder_decoder_have_no_graph_breaks(batch):
     enc = Encoder(EncoderConfig(vocab_size=50, block_size=16, n_layers=1, n_heads=2, d_model=16)).eval()
     e = explain(enc, idx, mask)
     assert e.graph_break_count == 0, describe(e)
-    s2s = EncoderDecoder(EncoderDecoderConfig(src_vocab_size=50, tgt_vocab_size=50, block_size=16,
-                                              n_encoder_layers=1, n_decoder_layers=1, n_heads=2, d_model=16)).eval()
+    s2s = EncoderDecoder(
+        EncoderDecoderConfig(
+            src_vocab_size=50,
+            tgt_vocab_size=50,
+            block_size=16,
+            n_encoder_layers=1,
+            n_decoder_layers=1,
+            n_heads=2,
+            d_model=16,
+        )
+    ).eval()
     e = explain(s2s, idx, idx, mask)
     assert e.graph_break_count == 0, describe(e)
 

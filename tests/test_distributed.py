@@ -29,8 +29,9 @@ from companion.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT_CFG = GPTConfig(vocab_size=64, block_size=16, n_layers=2, n_heads=2, d_model=32, bias=False)
-TRAIN_CFG = TrainConfig(steps=4, batch_size=8, block_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=1,
-                        device="cpu", seed=0)
+TRAIN_CFG = TrainConfig(
+    steps=4, batch_size=8, block_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=1, device="cpu", seed=0
+)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -82,8 +83,7 @@ def test_grad_accumulation_equals_one_batch(scale_sensitive):
     runs = {}
     for k in (1, 2, 4):
         model = fresh_model(torch.float64)
-        history = train(model, token_data(), None, dataclasses.replace(base, grad_accum_steps=k),
-                        progress=False)
+        history = train(model, token_data(), None, dataclasses.replace(base, grad_accum_steps=k), progress=False)
         runs[k] = (flat_parameters(model), history.train_loss)
     for k in (2, 4):
         assert (runs[k][0] - runs[1][0]).abs().max().item() < 1e-12
@@ -93,11 +93,22 @@ def test_grad_accumulation_equals_one_batch(scale_sensitive):
 
 def test_accumulation_errors():
     with pytest.raises(ValueError, match="batch_size 8 is not divisible by world_size 1 x grad_accum_steps 3"):
-        train(fresh_model(torch.float32), token_data(), None,
-              dataclasses.replace(TRAIN_CFG, grad_accum_steps=3), progress=False)
+        train(
+            fresh_model(torch.float32),
+            token_data(),
+            None,
+            dataclasses.replace(TRAIN_CFG, grad_accum_steps=3),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="need a next-token objective"):
-        train(fresh_model(torch.float32), token_data(), None, dataclasses.replace(TRAIN_CFG, grad_accum_steps=2),
-              objective=MaskedLM(mask_token_id=0, vocab_size=GPT_CFG.vocab_size), progress=False)
+        train(
+            fresh_model(torch.float32),
+            token_data(),
+            None,
+            dataclasses.replace(TRAIN_CFG, grad_accum_steps=2),
+            objective=MaskedLM(mask_token_id=0, vocab_size=GPT_CFG.vocab_size),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="grad_accum_steps must be >= 1"):
         TrainConfig(grad_accum_steps=0)
 
@@ -129,8 +140,11 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             model = fresh_model(dtype)
             cfg = dataclasses.replace(TRAIN_CFG, out_dir=f"{out_dir}/ckpt_{name}_rank{rank}")
             history = train(model, token_data(), token_data(), cfg, progress=False)
-            report[name] = {"loss": history.train_loss, "val_loss": history.val_loss,
-                            "rank_difference": max_rank_difference(model)}
+            report[name] = {
+                "loss": history.train_loss,
+                "val_loss": history.val_loss,
+                "rank_difference": max_rank_difference(model),
+            }
             if rank == 0:
                 save_file({"flat": flat_parameters(model)}, f"{out_dir}/{name}.safetensors")
         if rank == 0:
@@ -155,8 +169,13 @@ def test_two_processes_equal_one_process(tmp_path):
             # 2 micro-batches of 4 rows: the ranks' shards, added as DDP adds them;
             # 1: the whole batch in one pass, the same sum rounded in another order.
             single = fresh_model(dtype)
-            history = train(single, token_data(), token_data(),
-                            dataclasses.replace(TRAIN_CFG, grad_accum_steps=accum), progress=False)
+            history = train(
+                single,
+                token_data(),
+                token_data(),
+                dataclasses.replace(TRAIN_CFG, grad_accum_steps=accum),
+                progress=False,
+            )
             diffs[accum] = (ddp - flat_parameters(single)).abs().max().item()
             assert report[name]["loss"] == pytest.approx(history.train_loss, rel=1e-5)
             assert report[name]["val_loss"] == pytest.approx(history.val_loss, rel=1e-5)
@@ -174,10 +193,23 @@ def test_torchrun_entry_point(tmp_path):
     """`torchrun --nproc_per_node=2 -m companion.distributed` runs and equals one process."""
     out = tmp_path / "ddp.json"
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "companion.distributed",
-           "--steps", "3", "--chars", "20000", "--compare", "--out", str(out)]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "companion.distributed",
+        "--steps",
+        "3",
+        "--chars",
+        "20000",
+        "--compare",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["world_size"] == 2 and report["backend"] == "gloo" and report["dtype"] == "float32"

@@ -8,25 +8,42 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from companion.attention import scaled_dot_product_attention
-from companion.efficiency import (DistillationModel, MODEL_SHAPES, dequantize, distillation_loss,
-                                  kv_cache_bytes, kv_cache_table, model_size_bytes, online_softmax,
-                                  qparams, quantize, quantize_dynamic_int8, tiled_attention,
-                                  time_call, training_footprint)
+from companion.efficiency import (
+    MODEL_SHAPES,
+    DistillationModel,
+    dequantize,
+    distillation_loss,
+    kv_cache_bytes,
+    kv_cache_table,
+    model_size_bytes,
+    online_softmax,
+    qparams,
+    quantize,
+    quantize_dynamic_int8,
+    tiled_attention,
+    time_call,
+    training_footprint,
+)
 from companion.models import GPT, GPTConfig
 
 
 def torch_observer_qparams(x, symmetric, per_channel=False):
-    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
     import warnings
+
+    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if per_channel:
-            obs = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8,
-                                           qscheme=torch.per_channel_symmetric if symmetric
-                                           else torch.per_channel_affine)
+            obs = PerChannelMinMaxObserver(
+                ch_axis=0,
+                dtype=torch.qint8,
+                qscheme=torch.per_channel_symmetric if symmetric else torch.per_channel_affine,
+            )
         else:
-            obs = MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric if symmetric
-                                 else torch.per_tensor_affine)
+            obs = MinMaxObserver(
+                dtype=torch.qint8, qscheme=torch.per_tensor_symmetric if symmetric else torch.per_tensor_affine
+            )
         obs(x)
         return obs.calculate_qparams()
 
@@ -39,6 +56,7 @@ def test_qparams_and_integers_match_pytorch(symmetric):
     assert torch.allclose(p.scale, scale.reshape(()), rtol=1e-6)
     assert int(p.zero_point) == int(zp)
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = torch.quantize_per_tensor(x, float(scale), int(zp), torch.qint8)
@@ -179,8 +197,7 @@ def test_distillation_model_trains_student_only():
 
 
 def test_training_footprint_gpt3():
-    f = training_footprint(3.14e23, peak_flops_per_s=312e12, utilisation=0.4, power_w=400, pue=1.1,
-                           kg_co2_per_kwh=0.4)
+    f = training_footprint(3.14e23, peak_flops_per_s=312e12, utilisation=0.4, power_w=400, pue=1.1, kg_co2_per_kwh=0.4)
     hours = 3.14e23 / (312e12 * 0.4) / 3600
     assert math.isclose(f["gpu_hours"], hours)
     assert math.isclose(f["kwh"], hours * 0.4 * 1.1)

@@ -36,8 +36,9 @@ def planted_corpus(n_sentences: int = 400, length: int = 8, seed: int = 0) -> li
     return sentences
 
 
-CONFIG = Word2VecConfig(d_embed=16, window=3, n_negatives=5, min_count=1, subsample_t=None,
-                        epochs=3, batch_size=512, lr=0.05, seed=0)
+CONFIG = Word2VecConfig(
+    d_embed=16, window=3, n_negatives=5, min_count=1, subsample_t=None, epochs=3, batch_size=512, lr=0.05, seed=0
+)
 
 
 @pytest.fixture(scope="module")

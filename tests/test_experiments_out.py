@@ -7,8 +7,7 @@ import hashlib
 
 import pytest
 
-from companion.experiments import RESULTS, committed, default_out
-from companion.experiments import scaling
+from companion.experiments import RESULTS, committed, default_out, scaling
 
 
 def test_default_out_is_in_the_current_folder():

@@ -295,7 +295,7 @@ def _scipy_logreg(x: np.ndarray, y: np.ndarray, k: int, l2: float) -> tuple[np.n
     onehot = np.eye(k)[y]
 
     def objective(theta):
-        w, b = theta[: d * k].reshape(k, d), theta[d * k:]
+        w, b = theta[: d * k].reshape(k, d), theta[d * k :]
         z = x @ w.T + b
         z = z - z.max(1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(1, keepdims=True))
@@ -303,14 +303,27 @@ def _scipy_logreg(x: np.ndarray, y: np.ndarray, k: int, l2: float) -> tuple[np.n
         loss = -(onehot * logp).sum() / n + 0.5 * l2 * (w * w).sum()
         return loss, np.concatenate([(g.T @ x + l2 * w).ravel(), g.sum(0)])
 
-    res = minimize(objective, np.zeros(d * k + k), jac=True, method="L-BFGS-B",
-                   options={"maxiter": 2000, "gtol": 1e-10, "ftol": 1e-14})
-    return res.x[: d * k].reshape(k, d), res.x[d * k:]
+    res = minimize(
+        objective,
+        np.zeros(d * k + k),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 2000, "gtol": 1e-10, "ftol": 1e-14},
+    )
+    return res.x[: d * k].reshape(k, d), res.x[d * k :]
 
 
 def test_bag_of_words_equals_scipy_logistic_regression_on_binary_features():
-    texts = ["a great fun film", "great great acting", "a dull boring film", "boring plot , dull acting",
-             "fun and moving", "dull", "a moving film", "not fun"]
+    texts = [
+        "a great fun film",
+        "great great acting",
+        "a dull boring film",
+        "boring plot , dull acting",
+        "fun and moving",
+        "dull",
+        "a moving film",
+        "not fun",
+    ]
     labels = [1, 1, 0, 0, 1, 0, 1, 0]
     vocab = WordVocab.build(texts)
     seqs = [vocab.encode(t, sep=False) for t in texts]
@@ -321,7 +334,7 @@ def test_bag_of_words_equals_scipy_logistic_regression_on_binary_features():
     w, b = _scipy_logreg(x, np.array(labels), 2, 0.1)
     assert np.allclose(bow.weight.weight.detach().numpy().T, w, atol=1e-4)
     assert np.allclose(bow.bias.detach().numpy(), b, atol=1e-4)
-    assert bow.weight.weight[len(vocab):].abs().max() == 0  # unseen words keep weight 0
+    assert bow.weight.weight[len(vocab) :].abs().max() == 0  # unseen words keep weight 0
     assert bow([vocab.encode("great fun", sep=False)]).argmax(1).item() == 1
 
 
@@ -374,8 +387,10 @@ def test_word_vocab_as_a_hugging_face_tokenizer_gives_the_same_ids():
     tok = vocab.to_hf()
     for text in sentences + reviews + ["Café déjà-vu: it's GREAT!!", "l'amour d'été"]:
         assert tok(text)["input_ids"] == vocab.encode(text), text
-    assert tok.decode(vocab.encode("it's a great film , isn't it ?"), skip_special_tokens=True) == \
-        "it's a great film, isn't it?"
+    assert (
+        tok.decode(vocab.encode("it's a great film , isn't it ?"), skip_special_tokens=True)
+        == "it's a great film, isn't it?"
+    )
 
 
 def test_labels_that_are_not_numbers_raise_a_clear_error():

@@ -44,7 +44,7 @@ def _check_result(result: dict, n_seeds_min: int) -> None:
     assert len(seeds) >= n_seeds_min
     for method, per_n in result["results"].items():
         assert set(per_n) == {str(n) for n in counts}, method
-        for n, r in per_n.items():
+        for r in per_n.values():
             accs = r["accuracy"]
             assert len(accs) == len(seeds) and all(0.0 <= a <= 1.0 for a in accs)
             assert len(r["macro_f1"]) == len(seeds)
@@ -60,8 +60,13 @@ def _check_result(result: dict, n_seeds_min: int) -> None:
 @pytest.mark.slow
 def test_tiny_preset_runs_and_writes_json(tmp_path):
     out = tmp_path / "tiny.json"
-    proc = subprocess.run([sys.executable, "-m", "companion.experiments.finetune", "--preset", "tiny",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "companion.experiments.finetune", "--preset", "tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     _check_result(result, n_seeds_min=2)

@@ -168,7 +168,9 @@ def test_temperature_sampling_follows_scaled_softmax(row_logits):
 def test_temperature_zero_is_argmax(row_logits):
     batch = torch.stack([row_logits, -row_logits])
     assert sample_next_token(batch, temperature=0).squeeze(1).tolist() == [
-        int(row_logits.argmax()), int((-row_logits).argmax())]
+        int(row_logits.argmax()),
+        int((-row_logits).argmax()),
+    ]
 
 
 def test_sampling_is_reproducible_with_a_generator(row_logits):
@@ -379,8 +381,17 @@ def _random_hf_gpt2(seed: int = 0):
     torch.manual_seed(seed)
     # no special tokens: transformers then never stops early nor masks an end-of-text token
     # (min_new_tokens would do that, and change the sampling distribution)
-    cfg = GPT2Config(vocab_size=97, n_positions=64, n_embd=48, n_layer=2, n_head=4,
-                     initializer_range=0.2, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg = GPT2Config(
+        vocab_size=97,
+        n_positions=64,
+        n_embd=48,
+        n_layer=2,
+        n_head=4,
+        initializer_range=0.2,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     return GPT2LMHeadModel(cfg).eval()
 
 
@@ -392,8 +403,7 @@ def test_greedy_equals_transformers_generate_on_converted_weights():
     prompt = torch.tensor([[5, 17, 42, 8, 63, 21]])
     n_new = 40
     with torch.no_grad():
-        ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                          max_new_tokens=n_new)
+        ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=n_new)
     mine = generate(ours, prompt, n_new, temperature=0)
     assert ref.shape == mine.shape == (1, 6 + n_new)
     assert torch.equal(mine, ref)
@@ -410,8 +420,7 @@ def test_sampling_equals_transformers_generate_with_the_same_rng():
     kw = dict(temperature=0.8, top_k=40, top_p=0.9)
     torch.manual_seed(2024)
     with torch.no_grad():
-        ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
-                          max_new_tokens=30, **kw)
+        ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, max_new_tokens=30, **kw)
     torch.manual_seed(2024)
     mine = generate(ours, prompt, 30, seed=None, **kw)  # seed=None: the global RNG, like HF
     assert torch.equal(mine, ref)
@@ -430,5 +439,7 @@ def test_packed_copy_computes_what_the_model_computes_and_leaves_it_alone(tiny_g
         torch.testing.assert_close(fast(idx).logits, tiny_gpt.eval()(idx).logits, rtol=1e-5, atol=1e-6)
     assert all(torch.equal(before[k], v) for k, v in tiny_gpt.state_dict().items())
     for use_cache in (True, False):
-        assert torch.equal(generate(fast, [1, 2, 3], 6, temperature=0, use_cache=use_cache),
-                           generate(tiny_gpt, [1, 2, 3], 6, temperature=0, use_cache=use_cache))
+        assert torch.equal(
+            generate(fast, [1, 2, 3], 6, temperature=0, use_cache=use_cache),
+            generate(tiny_gpt, [1, 2, 3], 6, temperature=0, use_cache=use_cache),
+        )

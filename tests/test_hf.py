@@ -28,9 +28,20 @@ SHAPES = [  # (n_layers, n_heads, d_model, d_ff, vocab_size, block_size, tie)
 
 def hf_gpt2(n_layers, n_heads, d_model, d_ff, vocab, block, tie, seed=0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab, n_positions=block, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
-                     n_inner=d_ff, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=tie,
-                     bos_token_id=None, eos_token_id=None)
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        n_positions=block,
+        n_embd=d_model,
+        n_layer=n_layers,
+        n_head=n_heads,
+        n_inner=d_ff,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=tie,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     model = GPT2LMHeadModel(cfg).eval()
     perturb(model)
     return model
@@ -52,7 +63,7 @@ def batch_and_masks(vocab, T=12, seed=1):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, vocab, (3, T), generator=g)
     right = torch.ones(3, T, dtype=torch.long)
-    right[1, T - 5:] = 0
+    right[1, T - 5 :] = 0
     left = torch.ones(3, T, dtype=torch.long)
     left[2, :4] = 0
     left[0, :1] = 0
@@ -75,24 +86,31 @@ def test_gpt_from_hf_matches_logits(shape):
     idx, masks = batch_and_masks(shape[4])
     with torch.no_grad():
         for mask in masks:
-            assert_logits_close(ours(idx, attention_mask=mask).logits,
-                                theirs(idx, attention_mask=mask).logits, mask)
+            assert_logits_close(ours(idx, attention_mask=mask).logits, theirs(idx, attention_mask=mask).logits, mask)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_gpt_to_hf_matches_logits(shape):
     n_layers, n_heads, d_model, d_ff, vocab, block, tie = shape
     torch.manual_seed(3)
-    ours = GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layers=n_layers, n_heads=n_heads,
-                         d_model=d_model, d_ff=d_ff, tie_weights=tie)).eval()
+    ours = GPT(
+        GPTConfig(
+            vocab_size=vocab,
+            block_size=block,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            d_model=d_model,
+            d_ff=d_ff,
+            tie_weights=tie,
+        )
+    ).eval()
     perturb(ours)
     theirs = gpt_to_hf(ours).eval()
     assert (theirs.lm_head.weight is theirs.transformer.wte.weight) == tie
     idx, masks = batch_and_masks(vocab)
     with torch.no_grad():
         for mask in masks:
-            assert_logits_close(ours(idx, attention_mask=mask).logits,
-                                theirs(idx, attention_mask=mask).logits, mask)
+            assert_logits_close(ours(idx, attention_mask=mask).logits, theirs(idx, attention_mask=mask).logits, mask)
 
 
 def test_gpt_loss_matches_hf_labels():
@@ -125,8 +143,14 @@ def test_round_trip_is_exact():
 
 def test_config_translation_and_refusals():
     cfg = gpt_config_from_hf(GPT2Config())  # GPT-2 small
-    assert (cfg.vocab_size, cfg.block_size, cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_ff) == \
-        (50257, 1024, 12, 12, 768, 3072)
+    assert (cfg.vocab_size, cfg.block_size, cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_ff) == (
+        50257,
+        1024,
+        12,
+        12,
+        768,
+        3072,
+    )
     assert cfg.activation == "gelu_tanh" and cfg.tie_weights and cfg.norm == "pre"
     with pytest.raises(ValueError, match="pre-LN with biases"):
         gpt_to_hf(GPT(GPTConfig(vocab_size=10, block_size=8, n_layers=1, n_heads=1, d_model=8, norm="post")))
@@ -191,8 +215,9 @@ def test_minilm_matches_sentence_transformers(minilm, monkeypatch):
     want = reference.encode(SENTENCES, convert_to_tensor=True)
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     with torch.no_grad():
-        ours = F.normalize(mean_pool(encoder(batch["input_ids"], batch["attention_mask"]),
-                                     batch["attention_mask"]), dim=-1)
+        ours = F.normalize(
+            mean_pool(encoder(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"]), dim=-1
+        )
     torch.testing.assert_close(ours, want.cpu(), atol=1e-4, rtol=0)
 
 
@@ -211,6 +236,7 @@ def test_encoder_from_hf_refuses_relative_positions(minilm):
 
 def test_load_gpt2_from_hub_offline_fails_fast(monkeypatch):
     """Not in the cache and HF_HUB_OFFLINE=1: a clear RuntimeError, quickly, no download attempt."""
+
     def not_cached(*args, **kwargs):
         assert kwargs.get("local_files_only") is True, "tried the network"
         raise OSError("not in cache")
@@ -257,8 +283,15 @@ def test_exported_model_generates_our_tokens(tmp_path, sampled):
     if sampled:
         mine = generate(ours, prompt, n, temperature=1.0, seed=7)
         torch.manual_seed(7)  # transformers draws from the global generator
-        hf_out = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
-                                 do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
+        hf_out = theirs.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=n,
+            do_sample=True,
+            top_k=0,
+            top_p=1.0,
+            temperature=1.0,
+        )
     else:
         mine = generate(ours, prompt, n, temperature=0)
         hf_out = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, do_sample=False)

@@ -38,9 +38,10 @@ def small_encoder_config(**kw) -> EncoderConfig:
 # ----------------------------------------------------------------------------- blocks
 
 
-@pytest.mark.parametrize("activation, ref", [("gelu", lambda x: F.gelu(x)),
-                                              ("gelu_tanh", lambda x: F.gelu(x, approximate="tanh")),
-                                              ("relu", F.relu)])
+@pytest.mark.parametrize(
+    "activation, ref",
+    [("gelu", lambda x: F.gelu(x)), ("gelu_tanh", lambda x: F.gelu(x, approximate="tanh")), ("relu", F.relu)],
+)
 def test_feed_forward_matches_formula(activation, ref):
     torch.manual_seed(0)
     ffn = FeedForward(8, 20, activation=activation)
@@ -68,11 +69,12 @@ def _copy_into_torch_layer(ours: TransformerBlock, theirs: nn.Module) -> None:
     """Copy our block's weights into nn.TransformerEncoderLayer / nn.TransformerDecoderLayer."""
     with torch.no_grad():
         for our_attn, their_attn in [(ours.attn, theirs.self_attn)] + (
-                [(ours.cross_attn, theirs.multihead_attn)] if ours.cross_attn is not None else []):
-            their_attn.in_proj_weight.copy_(torch.cat([our_attn.q_proj.weight, our_attn.k_proj.weight,
-                                                       our_attn.v_proj.weight]))
-            their_attn.in_proj_bias.copy_(torch.cat([our_attn.q_proj.bias, our_attn.k_proj.bias,
-                                                     our_attn.v_proj.bias]))
+            [(ours.cross_attn, theirs.multihead_attn)] if ours.cross_attn is not None else []
+        ):
+            their_attn.in_proj_weight.copy_(
+                torch.cat([our_attn.q_proj.weight, our_attn.k_proj.weight, our_attn.v_proj.weight])
+            )
+            their_attn.in_proj_bias.copy_(torch.cat([our_attn.q_proj.bias, our_attn.k_proj.bias, our_attn.v_proj.bias]))
             their_attn.out_proj.weight.copy_(our_attn.out_proj.weight)
             their_attn.out_proj.bias.copy_(our_attn.out_proj.bias)
         theirs.linear1.load_state_dict(ours.ffn.fc_in.state_dict())
@@ -93,8 +95,9 @@ def test_block_equals_torch_encoder_layer(norm, causal):
     ours = TransformerBlock(d, h, ff, norm=norm, activation="gelu", layer_norm_eps=1e-5).eval()
     for p in ours.parameters():  # LayerNorm gains/biases away from 1/0 so a misplaced LN shows
         nn.init.normal_(p, std=0.3)
-    theirs = nn.TransformerEncoderLayer(d, h, dim_feedforward=ff, dropout=0.0, activation="gelu",
-                                        batch_first=True, norm_first=(norm == "pre")).eval()
+    theirs = nn.TransformerEncoderLayer(
+        d, h, dim_feedforward=ff, dropout=0.0, activation="gelu", batch_first=True, norm_first=(norm == "pre")
+    ).eval()
     _copy_into_torch_layer(ours, theirs)
     x = torch.randn(3, 7, d)
     keep = torch.ones(3, 7, dtype=torch.bool)
@@ -115,15 +118,21 @@ def test_cross_attention_block_equals_torch_decoder_layer(norm):
     ours = TransformerBlock(d, h, ff, norm=norm, activation="relu", cross_attention=True).eval()
     for p in ours.parameters():
         nn.init.normal_(p, std=0.3)
-    theirs = nn.TransformerDecoderLayer(d, h, dim_feedforward=ff, dropout=0.0, activation="relu",
-                                        batch_first=True, norm_first=(norm == "pre")).eval()
+    theirs = nn.TransformerDecoderLayer(
+        d, h, dim_feedforward=ff, dropout=0.0, activation="relu", batch_first=True, norm_first=(norm == "pre")
+    ).eval()
     _copy_into_torch_layer(ours, theirs)
     x, memory = torch.randn(2, 6, d), torch.randn(2, 9, d)
     src_keep = torch.ones(2, 9, dtype=torch.bool)
     src_keep[1, 4:] = False
     with torch.no_grad():
-        want = theirs(x, memory, tgt_mask=nn.Transformer.generate_square_subsequent_mask(6),
-                      memory_key_padding_mask=~src_keep, tgt_is_causal=True)
+        want = theirs(
+            x,
+            memory,
+            tgt_mask=nn.Transformer.generate_square_subsequent_mask(6),
+            memory_key_padding_mask=~src_keep,
+            tgt_is_causal=True,
+        )
         got, _ = ours(x, context=memory, is_causal=True, context_padding_mask=src_keep)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -213,7 +222,7 @@ def test_gpt_kv_cache_matches_full_forward(norm):
         steps = [out.logits]
         kv = out.kv
         for t in range(6, 11):
-            out = model(idx[:, t:t + 1], past_kv=kv, use_cache=True)
+            out = model(idx[:, t : t + 1], past_kv=kv, use_cache=True)
             steps.append(out.logits)
             kv = out.kv
     assert kv[0][0].shape == (2, 4, 11, 8)
@@ -384,8 +393,15 @@ def test_sequence_classification(pooling):
 
 
 def small_seq2seq(**kw) -> EncoderDecoder:
-    cfg = dict(src_vocab_size=40, tgt_vocab_size=30, block_size=16, n_encoder_layers=2, n_decoder_layers=2,
-               n_heads=4, d_model=32)
+    cfg = dict(
+        src_vocab_size=40,
+        tgt_vocab_size=30,
+        block_size=16,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        n_heads=4,
+        d_model=32,
+    )
     cfg.update(kw)
     torch.manual_seed(0)
     return EncoderDecoder(EncoderDecoderConfig(**cfg)).eval()
@@ -415,8 +431,9 @@ def test_seq2seq_source_padding_and_loss():
     padded = torch.cat([src, torch.zeros(1, 3, dtype=torch.long)], 1)
     mask = torch.cat([torch.ones(1, 6), torch.zeros(1, 3)], 1).long()
     with torch.no_grad():
-        torch.testing.assert_close(model(padded, tgt, src_mask=mask).logits, model(src, tgt).logits,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model(padded, tgt, src_mask=mask).logits, model(src, tgt).logits, atol=1e-5, rtol=1e-5
+        )
     out = model(src, tgt, targets=tgt)
     torch.testing.assert_close(out.loss, F.cross_entropy(out.logits[0], tgt[0]))
     assert model.lm_head.weight is model.tgt_emb.weight

@@ -116,8 +116,11 @@ def test_no_unfinished_text(path):
 def test_no_accidental_block_syntax(path):
     """A line of prose that starts with '>', '+ ' or '- ' in mid-paragraph becomes a quote or a list
     (and breaks any $...$ that spans the line break): wrap the line elsewhere."""
-    cells = ([("".join(c["source"])) for c in load(path)["cells"] if c["cell_type"] == "markdown"]
-             if path.suffix == ".ipynb" else [path.read_text(encoding="utf-8")])
+    cells = (
+        [("".join(c["source"])) for c in load(path)["cells"] if c["cell_type"] == "markdown"]
+        if path.suffix == ".ipynb"
+        else [path.read_text(encoding="utf-8")]
+    )
     problems = []
     for text in cells:
         lines = CODE.sub(lambda m: "\n" * m.group(0).count("\n"), text).split("\n")

@@ -8,8 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from companion.objectives import (IGNORE_INDEX, CausalLM, MaskedLM, causal_lm_pairs, cross_entropy,
-                                  lm_loss, mask_tokens, resolve_objective)
+from companion.objectives import (
+    IGNORE_INDEX,
+    CausalLM,
+    MaskedLM,
+    causal_lm_pairs,
+    cross_entropy,
+    lm_loss,
+    mask_tokens,
+    resolve_objective,
+)
 
 
 def test_cross_entropy_worked_example():
@@ -67,8 +75,9 @@ def test_masking_proportions_follow_bert():
     vocab, mask_id = 1000, 999
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 998, (200, 500), generator=g)  # 100,000 positions
-    inputs, labels = mask_tokens(ids, mask_token_id=mask_id, vocab_size=vocab,
-                                 generator=torch.Generator().manual_seed(1))
+    inputs, labels = mask_tokens(
+        ids, mask_token_id=mask_id, vocab_size=vocab, generator=torch.Generator().manual_seed(1)
+    )
     chosen = labels != IGNORE_INDEX
     n, k = ids.numel(), int(chosen.sum())
 
@@ -93,8 +102,9 @@ def test_special_tokens_are_never_masked_nor_drawn():
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 5, (50, 40), generator=g)
     ids[:, 0], ids[:, -1] = cls_id, sep_id
-    inputs, labels = mask_tokens(ids, mask_token_id=mask_id, vocab_size=vocab,
-                                 special_ids=[cls_id, sep_id], mask_prob=0.5, generator=g)
+    inputs, labels = mask_tokens(
+        ids, mask_token_id=mask_id, vocab_size=vocab, special_ids=[cls_id, sep_id], mask_prob=0.5, generator=g
+    )
     assert (labels[:, 0] == IGNORE_INDEX).all() and (labels[:, -1] == IGNORE_INDEX).all()
     assert torch.equal(inputs[:, 0], ids[:, 0]) and torch.equal(inputs[:, -1], ids[:, -1])
     chosen = labels != IGNORE_INDEX
@@ -110,8 +120,9 @@ def test_masking_is_seeded_and_never_empty():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     one = torch.tensor([[1, 2]])  # tiny input: at least one target even when the dice say none
     for seed in range(20):
-        _, labels = mask_tokens(one, mask_token_id=9, vocab_size=10, mask_prob=0.01,
-                                generator=torch.Generator().manual_seed(seed))
+        _, labels = mask_tokens(
+            one, mask_token_id=9, vocab_size=10, mask_prob=0.01, generator=torch.Generator().manual_seed(seed)
+        )
         assert (labels != IGNORE_INDEX).sum() >= 1
     with pytest.raises(ValueError, match="outside the vocabulary"):
         mask_tokens(ids, mask_token_id=10, vocab_size=10)
@@ -137,6 +148,7 @@ def test_resolve_objective():
 
     class M:
         config = Cfg()
+
     obj = resolve_objective("mlm", M())
     assert isinstance(obj, MaskedLM) and obj.mask_token_id == 4
     with pytest.raises(ValueError, match="mask_token_id"):

@@ -118,8 +118,18 @@ def test_an_untied_output_head_stays_with_adamw():
 
 
 def muon_cfg(**kw) -> TrainConfig:
-    base = dict(steps=30, batch_size=8, block_size=16, lr=3e-3, warmup_steps=5, eval_interval=10,
-                eval_steps=2, device="cpu", optimizer="muon", muon_lr=0.02)
+    base = dict(
+        steps=30,
+        batch_size=8,
+        block_size=16,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_interval=10,
+        eval_steps=2,
+        device="cpu",
+        optimizer="muon",
+        muon_lr=0.02,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -146,10 +156,15 @@ def test_make_optimizer_starts_each_group_at_its_own_peak_rate():
 def test_muon_run_resumes_exactly(tmp_path):
     data = torch.arange(3000) % 13
     straight = train(tiny_gpt(), data, data[:400], muon_cfg(steps=12), progress=False)
-    train(tiny_gpt(), data, data[:400], muon_cfg(steps=12, out_dir=str(tmp_path)), progress=False,
-          callback=lambda step, h: step == 5)
-    resumed = train(tiny_gpt(seed=9), data, data[:400], muon_cfg(steps=12), progress=False,
-                    resume_from=tmp_path)
+    train(
+        tiny_gpt(),
+        data,
+        data[:400],
+        muon_cfg(steps=12, out_dir=str(tmp_path)),
+        progress=False,
+        callback=lambda step, h: step == 5,
+    )
+    resumed = train(tiny_gpt(seed=9), data, data[:400], muon_cfg(steps=12), progress=False, resume_from=tmp_path)
     assert resumed.train_loss == straight.train_loss  # momentum buffers and Adam moments restored
 
 

@@ -15,8 +15,8 @@ from companion.positional import (
     sinusoidal_shift_matrix,
 )
 
-
 # ---------------------------------------------------------------- sinusoidal
+
 
 def test_sinusoidal_matches_the_formula_entry_by_entry():
     pe = sinusoidal_encoding(50, 16, dtype=torch.float64)
@@ -67,6 +67,7 @@ def test_sinusoidal_module_returns_the_encoding_not_x_plus_encoding():
 
 # ---------------------------------------------------------------- learned
 
+
 def test_learned_positions_lookup_and_gradient():
     torch.manual_seed(0)
     emb = LearnedPositionalEmbedding(block_size=16, d_model=8)
@@ -87,6 +88,7 @@ def test_learned_positions_error_beyond_block_size():
 
 
 # ---------------------------------------------------------------- rotary
+
 
 @pytest.mark.parametrize("interleaved", [False, True])
 def test_rope_score_depends_only_on_offset(interleaved):
@@ -124,8 +126,9 @@ def test_rope_interleaved_is_complex_multiplication():
     positions = torch.arange(7)
     theta = 10000.0 ** (-torch.arange(0, 16, 2, dtype=torch.float64) / 16)
     z = torch.view_as_complex(x.reshape(7, 8, 2).contiguous())
-    expected = torch.view_as_real(z * torch.polar(torch.ones(7, 8, dtype=torch.float64),
-                                                   positions[:, None] * theta)).reshape(7, 16)
+    expected = torch.view_as_real(
+        z * torch.polar(torch.ones(7, 8, dtype=torch.float64), positions[:, None] * theta)
+    ).reshape(7, 16)
     assert torch.allclose(rope.apply_rotary(x, positions), expected, atol=1e-12)
 
 
@@ -141,8 +144,12 @@ def test_rope_matches_hugging_face_llama():
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-    config = LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=16,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    config = LlamaConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        head_dim=16,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
     hf_rope = LlamaRotaryEmbedding(config)
     torch.manual_seed(0)
     q, k = torch.randn(2, 4, 40, 16), torch.randn(2, 4, 40, 16)  # (B, n_heads, T, d_head)

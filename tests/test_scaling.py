@@ -51,12 +51,20 @@ def test_tokens_for_budget_inverts_flops():
     np.testing.assert_allclose(tokens_for_budget([6e10, 6e11], [1e4, 1e4]), [1e6, 1e7])
 
 
-@pytest.mark.parametrize("call", [
-    lambda: training_flops(0, 1e9), lambda: training_flops(1e9, -5), lambda: training_flops([1e9, np.nan], 1e9),
-    lambda: tokens_for_budget(1e20, 0), lambda: CHINCHILLA_2022.compute_optimal(-1e20),
-    lambda: CHINCHILLA_2022.loss(0, 1e9), lambda: KAPLAN_2020_N(0), lambda: kaplan_loss(1e9, 0),
-    lambda: training_flops([], 1.0),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: training_flops(0, 1e9),
+        lambda: training_flops(1e9, -5),
+        lambda: training_flops([1e9, np.nan], 1e9),
+        lambda: tokens_for_budget(1e20, 0),
+        lambda: CHINCHILLA_2022.compute_optimal(-1e20),
+        lambda: CHINCHILLA_2022.loss(0, 1e9),
+        lambda: KAPLAN_2020_N(0),
+        lambda: kaplan_loss(1e9, 0),
+        lambda: training_flops([], 1.0),
+    ],
+)
 def test_non_positive_inputs_raise(call):
     with pytest.raises(ValueError, match="must be positive|is empty"):
         call()
@@ -72,13 +80,16 @@ def test_bad_law_parameters_raise():
 
 
 # ---------------------------------------------------------------- the Chinchilla closed form
-@pytest.mark.parametrize("law", [CHINCHILLA_2022, BESIROGLU_2024], ids=lambda l: l.name)
+@pytest.mark.parametrize("law", [CHINCHILLA_2022, BESIROGLU_2024], ids=lambda law: law.name)
 @pytest.mark.parametrize("budget", [1e18, 5.76e23])
 def test_closed_form_equals_numerical_minimum(law, budget):
     """N_opt from the formula = argmin over N of L(N, C / 6N), found numerically."""
-    res = minimize_scalar(lambda ln: law.loss(np.exp(ln), budget / (6 * np.exp(ln))),
-                          bounds=(np.log(1e3), np.log(1e15)), method="bounded",
-                          options={"xatol": 1e-10})
+    res = minimize_scalar(
+        lambda ln: law.loss(np.exp(ln), budget / (6 * np.exp(ln))),
+        bounds=(np.log(1e3), np.log(1e15)),
+        method="bounded",
+        options={"xatol": 1e-10},
+    )
     n_opt, d_opt = law.compute_optimal(budget)
     assert np.exp(res.x) == pytest.approx(n_opt, rel=1e-5)
     assert 6 * n_opt * d_opt == pytest.approx(budget, rel=1e-12)

@@ -12,24 +12,59 @@ from companion.experiments import scaling as sweep
 from companion.experiments.scaling import PRESETS, SweepConfig, main, plan_runs
 
 COMMITTED = Path(sweep.__file__).resolve().parents[1] / "results" / "scaling_sweep.json"
-RUN_KEYS = {"key", "budget", "n_layers", "d_model", "n_heads", "d_ff", "n_params", "n_params_total",
-            "tokens", "steps", "flops", "flops_with_attention", "flops_total_params", "lr",
-            "warmup_steps", "val_loss", "final_train_loss", "train_seconds", "train_cpu_seconds",
-            "tokens_per_second", "curve"}
-META_KEYS = {"command", "preset", "date_utc", "torch_version", "python_version", "platform",
-             "cpu_count", "torch_threads", "train_tokens", "val_tokens", "chars_per_token",
-             "unigram_entropy", "wall_seconds"}
+RUN_KEYS = {
+    "key",
+    "budget",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "d_ff",
+    "n_params",
+    "n_params_total",
+    "tokens",
+    "steps",
+    "flops",
+    "flops_with_attention",
+    "flops_total_params",
+    "lr",
+    "warmup_steps",
+    "val_loss",
+    "final_train_loss",
+    "train_seconds",
+    "train_cpu_seconds",
+    "tokens_per_second",
+    "curve",
+}
+META_KEYS = {
+    "command",
+    "preset",
+    "date_utc",
+    "torch_version",
+    "python_version",
+    "platform",
+    "cpu_count",
+    "torch_threads",
+    "train_tokens",
+    "val_tokens",
+    "chars_per_token",
+    "unigram_entropy",
+    "wall_seconds",
+}
 
 
 def check_schema(result: dict) -> None:
     """Everything chapter 7 reads from a sweep JSON is there and consistent."""
     assert result["format"] == "companion-scaling-sweep" and result["version"] == 1
-    cfg = SweepConfig(**{k: tuple(map(tuple, v)) if k == "shapes" else tuple(v) if isinstance(v, list) else v
-                         for k, v in result["config"].items()})
+    cfg = SweepConfig(
+        **{
+            k: tuple(map(tuple, v)) if k == "shapes" else tuple(v) if isinstance(v, list) else v
+            for k, v in result["config"].items()
+        }
+    )
     assert META_KEYS <= set(result["metadata"]), META_KEYS - set(result["metadata"])
     assert result["metadata"]["command"].startswith("python -m companion.experiments.scaling")
     runs = result["runs"]
-    assert [r["key"] for r in runs] == [p.key for p in plan_runs(cfg)][:len(runs)]
+    assert [r["key"] for r in runs] == [p.key for p in plan_runs(cfg)][: len(runs)]
     tokens_per_step = cfg.batch_size * cfg.block_size
     for r in runs:
         assert RUN_KEYS <= set(r), RUN_KEYS - set(r)

@@ -41,10 +41,30 @@ def test_every_format_matches_its_documented_example():
 
 def test_ordinals():
     assert [ordinal_words(n) for n in (1, 2, 3, 11, 12, 20, 21, 22, 30, 31)] == [
-        "first", "second", "third", "eleventh", "twelfth", "twentieth", "twenty-first", "twenty-second",
-        "thirtieth", "thirty-first"]
+        "first",
+        "second",
+        "third",
+        "eleventh",
+        "twelfth",
+        "twentieth",
+        "twenty-first",
+        "twenty-second",
+        "thirtieth",
+        "thirty-first",
+    ]
     assert [ordinal_suffix(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 30)] == [
-        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "30th"]
+        "1st",
+        "2nd",
+        "3rd",
+        "4th",
+        "11th",
+        "12th",
+        "13th",
+        "21st",
+        "22nd",
+        "23rd",
+        "30th",
+    ]
     with pytest.raises(ValueError, match="outside 1..31"):
         ordinal_words(32)
 
@@ -62,8 +82,9 @@ def test_pairs_are_reproducible_and_test_dates_unseen():
     for src, tgt in a.train + a.test:
         date = dt.date.fromisoformat(tgt)
         assert src in {format_date(date, s) for s in FORMATS}
-    assert {s for s in FORMATS} == {next(s for s in FORMATS if format_date(dt.date.fromisoformat(t), s) == x)
-                                    for x, t in a.train}  # every style is used
+    assert {s for s in FORMATS} == {
+        next(s for s in FORMATS if format_date(dt.date.fromisoformat(t), s) == x) for x, t in a.train
+    }  # every style is used
 
 
 def test_pairs_bad_arguments():
@@ -139,14 +160,30 @@ def test_beam_search_equals_transformers(num_beams, length_penalty):
         model = _toy_lm(seed)
         hf = gpt_to_hf(model).eval()
         start = torch.randint(6, (3, 3), generator=torch.Generator().manual_seed(seed))
-        ours = beam_search(_next_log_probs(model), start, num_beams=num_beams, max_new_tokens=5,
-                           eos_id=5, length_penalty=length_penalty)
-        out = hf.generate(start, attention_mask=torch.ones_like(start), num_beams=num_beams, max_new_tokens=5,
-                          do_sample=False, length_penalty=length_penalty, early_stopping=False, eos_token_id=5,
-                          pad_token_id=5, output_scores=True, return_dict_in_generate=True)
+        ours = beam_search(
+            _next_log_probs(model),
+            start,
+            num_beams=num_beams,
+            max_new_tokens=5,
+            eos_id=5,
+            length_penalty=length_penalty,
+        )
+        out = hf.generate(
+            start,
+            attention_mask=torch.ones_like(start),
+            num_beams=num_beams,
+            max_new_tokens=5,
+            do_sample=False,
+            length_penalty=length_penalty,
+            early_stopping=False,
+            eos_token_id=5,
+            pad_token_id=5,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
         theirs = out.sequences[:, 3:]
         width = max(theirs.shape[1], ours.sequences.shape[1])
-        pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=5)  # noqa: E731
+        pad = lambda t, width=width: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=5)  # noqa: E731
         assert torch.equal(pad(ours.sequences), pad(theirs))
         if num_beams > 1:
             assert torch.allclose(ours.scores, out.sequences_scores, atol=1e-4)
@@ -159,8 +196,19 @@ def test_beam_search_without_eos_equals_transformers():
     model = _toy_lm(7, vocab=11)
     start = torch.randint(11, (4, 2), generator=torch.Generator().manual_seed(0))
     ours = beam_search(_next_log_probs(model), start, num_beams=3, max_new_tokens=6)
-    out = gpt_to_hf(model).eval().generate(start, attention_mask=torch.ones_like(start), num_beams=3,
-                                           max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+    out = (
+        gpt_to_hf(model)
+        .eval()
+        .generate(
+            start,
+            attention_mask=torch.ones_like(start),
+            num_beams=3,
+            max_new_tokens=6,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    )
     assert torch.equal(ours.sequences, out[:, 2:])
 
 
@@ -186,12 +234,24 @@ def test_wide_beam_finds_the_most_probable_sequence_and_greedy_can_miss_it():
         start = [seed % vocab]
         hyps = _all_hypotheses(model, start, vocab, max_new, eos)
         best_lp, best_seq = max(hyps)
-        wide = beam_search(_next_log_probs(model), torch.tensor([start]), num_beams=vocab ** max_new,
-                           max_new_tokens=max_new, eos_id=eos, length_penalty=0.0)
+        wide = beam_search(
+            _next_log_probs(model),
+            torch.tensor([start]),
+            num_beams=vocab**max_new,
+            max_new_tokens=max_new,
+            eos_id=eos,
+            length_penalty=0.0,
+        )
         got = wide.sequences[0].tolist()[: len(best_seq)]
         assert got == best_seq and float(wide.scores[0]) == pytest.approx(best_lp, abs=1e-4)
-        greedy = beam_search(_next_log_probs(model), torch.tensor([start]), num_beams=1,
-                             max_new_tokens=max_new, eos_id=eos, length_penalty=0.0)
+        greedy = beam_search(
+            _next_log_probs(model),
+            torch.tensor([start]),
+            num_beams=1,
+            max_new_tokens=max_new,
+            eos_id=eos,
+            length_penalty=0.0,
+        )
         assert float(greedy.scores[0]) <= best_lp + 1e-6
         misses += float(greedy.scores[0]) < best_lp - 1e-4
     assert misses >= 1, "greedy found the best sequence every time: the test shows nothing"
@@ -210,8 +270,17 @@ def test_beam_search_errors():
 def _tiny_seq2seq(seed: int = 0) -> tuple[EncoderDecoder, CharVocab, CharVocab]:
     src, tgt = date_vocabs()
     torch.manual_seed(seed)
-    model = EncoderDecoder(EncoderDecoderConfig(src_vocab_size=len(src), tgt_vocab_size=len(tgt), block_size=48,
-                                                n_encoder_layers=1, n_decoder_layers=2, n_heads=2, d_model=32))
+    model = EncoderDecoder(
+        EncoderDecoderConfig(
+            src_vocab_size=len(src),
+            tgt_vocab_size=len(tgt),
+            block_size=48,
+            n_encoder_layers=1,
+            n_decoder_layers=2,
+            n_heads=2,
+            d_model=32,
+        )
+    )
     return model, src, tgt
 
 
@@ -219,8 +288,9 @@ def test_greedy_decode_equals_beam_of_one_and_teacher_forcing():
     model, src, tgt = _tiny_seq2seq()
     b = make_batch(make_date_pairs(6, 0, seed=2).train, src, tgt)
     g = greedy_decode(model, b.src_ids, b.src_mask, bos_id=tgt.bos_id, eos_id=tgt.eos_id, max_len=11)
-    one = seq2seq_beam_search(model, b.src_ids, b.src_mask, bos_id=tgt.bos_id, eos_id=tgt.eos_id, max_len=11,
-                              num_beams=1, length_penalty=0.0)
+    one = seq2seq_beam_search(
+        model, b.src_ids, b.src_mask, bos_id=tgt.bos_id, eos_id=tgt.eos_id, max_len=11, num_beams=1, length_penalty=0.0
+    )
     assert torch.equal(g, one.sequences[:, : g.shape[1]])
     # greedy's own tokens, fed back with teacher forcing, are each the arg-max of the logits
     row = g[0].tolist()
@@ -251,7 +321,7 @@ def test_cross_attention_weights_shape_rows_and_padding():
     w = cross_attention_weights(model, b.src_ids, b.tgt_in, b.src_mask)
     assert w.shape == (2, 2, 2, b.tgt_in.shape[1], b.src_ids.shape[1])  # (layers, B, heads, T, S)
     assert torch.allclose(w.sum(-1), torch.ones(w.shape[:-1]), atol=1e-5)
-    assert w[:, 0, :, :, len("1 May 2001"):].abs().max() == 0  # padding gets no attention
+    assert w[:, 0, :, :, len("1 May 2001") :].abs().max() == 0  # padding gets no attention
     # the hooks are removed afterwards and the model's output is unchanged by them
     assert all(not blk.cross_attn._forward_hooks for blk in model.decoder_blocks)
 
@@ -281,8 +351,17 @@ def test_cross_attention_weights_recompute_the_layer_output():
 def test_a_small_model_learns_dates():
     src, tgt = date_vocabs()
     torch.manual_seed(0)
-    model = EncoderDecoder(EncoderDecoderConfig(src_vocab_size=len(src), tgt_vocab_size=len(tgt), block_size=48,
-                                                n_encoder_layers=1, n_decoder_layers=1, n_heads=2, d_model=64))
+    model = EncoderDecoder(
+        EncoderDecoderConfig(
+            src_vocab_size=len(src),
+            tgt_vocab_size=len(tgt),
+            block_size=48,
+            n_encoder_layers=1,
+            n_decoder_layers=1,
+            n_heads=2,
+            d_model=64,
+        )
+    )
     data = make_date_pairs(4000, 200, seed=0)
 
     def loss(idx):
@@ -292,8 +371,10 @@ def test_a_small_model_learns_dates():
     losses = fit(model, loss, len(data.train), FinetuneConfig(steps=150, batch_size=64, lr=3e-3, warmup_steps=20))
     assert sum(losses[-10:]) / 10 < 0.25 * sum(losses[:10]) / 10
     b = make_batch(data.test, src, tgt)
-    pred = [tgt.decode(r) for r in greedy_decode(model, b.src_ids, b.src_mask, bos_id=tgt.bos_id,
-                                                 eos_id=tgt.eos_id, max_len=11)]
+    pred = [
+        tgt.decode(r)
+        for r in greedy_decode(model, b.src_ids, b.src_mask, bos_id=tgt.bos_id, eos_id=tgt.eos_id, max_len=11)
+    ]
     refs = [t for _, t in data.test]
     chars = sum(sum(a == c for a, c in zip(p, r)) for p, r in zip(pred, refs)) / sum(len(r) for r in refs)
     assert chars > 0.6, f"after 150 steps most characters of unseen dates should be right, got {chars:.2f}"

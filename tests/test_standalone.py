@@ -24,8 +24,11 @@ pytestmark = pytest.mark.slow
 
 def tree_digest(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder` (bytecode caches excluded)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +41,37 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     site = tmp / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(source)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return site, tree_digest(site / "companion")
 
 
 def test_every_notebook_runs_alone_with_the_installed_package(installed, tmp_path):
     site, digest = installed
     env = {**os.environ, "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1"}
-    where = subprocess.run([sys.executable, "-c", "import companion; print(companion.__file__)"], env=env,
-                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    where = subprocess.run(
+        [sys.executable, "-c", "import companion; print(companion.__file__)"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert Path(where).is_relative_to(site), f"companion imported from {where}, not from the installed copy"
     copies = []
     for nb in NOTEBOOKS:
@@ -55,9 +79,23 @@ def test_every_notebook_runs_alone_with_the_installed_package(installed, tmp_pat
         folder.mkdir()
         copies.append(shutil.copy(nb, folder / nb.name))
     out = tmp_path / "times.json"
-    result = subprocess.run([sys.executable, "-m", "companion.experiments.notebook_times", *map(str, copies),
-                             "--out", str(out), "--no-markdown", "--timeout", "900"],
-                            env=env, cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "companion.experiments.notebook_times",
+            *map(str, copies),
+            "--out",
+            str(out),
+            "--no-markdown",
+            "--timeout",
+            "900",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert out.is_file(), f"the notebook runner failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     rows = json.loads(out.read_text())["notebooks"]
     failed = [f"{r['notebook']}: {r['status']}: {r['error']}" for r in rows if r["status"] != "ok"]

@@ -37,8 +37,11 @@ def test_ids_follow_sorted_order():
 
 def test_unknown_character_names_character_and_position():
     tok = CharTokenizer("abc ")
-    with pytest.raises(ValueError, match=r"character 'é' \(U\+00E9\) at position 5 is not in the "
-                                         r"vocabulary of 4 characters"):
+    with pytest.raises(
+        ValueError,
+        match=r"character 'é' \(U\+00E9\) at position 5 is not in the "
+        r"vocabulary of 4 characters",
+    ):
         tok.encode("abc aé")
 
 
@@ -62,7 +65,15 @@ def test_char_save_load(tmp_path):
 
 def test_word_tokenize():
     assert word_tokenize("Don't STOP, it's 2 o'clock!  Café-au-lait.") == [
-        "don't", "stop", "it's", "2", "o'clock", "café", "au", "lait"]
+        "don't",
+        "stop",
+        "it's",
+        "2",
+        "o'clock",
+        "café",
+        "au",
+        "lait",
+    ]
     assert word_tokenize("Hello World", lower=False) == ["Hello", "World"]
 
 

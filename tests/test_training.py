@@ -76,13 +76,24 @@ def toy_model(seed: int = 0, **kw) -> Toy:
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(steps=20, batch_size=4, block_size=8, lr=3e-2, min_lr=3e-3, warmup_steps=3,
-                eval_interval=5, eval_steps=2, device="cpu", log_interval=5)
+    base = dict(
+        steps=20,
+        batch_size=4,
+        block_size=8,
+        lr=3e-2,
+        min_lr=3e-3,
+        warmup_steps=3,
+        eval_interval=5,
+        eval_steps=2,
+        device="cpu",
+        log_interval=5,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 # ---------------------------------------------------------------- schedule and optimizer
+
 
 def test_lr_schedule_warmup_then_cosine():
     c = TrainConfig(steps=110, lr=1.0, min_lr=0.1, warmup_steps=10)
@@ -104,8 +115,14 @@ def test_param_groups_exclude_bias_norm_embedding_and_count_tied_once():
     m.head.weight = m.tok.weight  # tie (vocab, d_model) matrices as GPT does
     decay, keep = param_groups(m, 0.1)
     assert {id(p) for p in decay["params"]} == {id(m.fc.weight)}
-    assert {id(p) for p in keep["params"]} == {id(m.tok.weight), id(m.pos.weight), id(m.prev.weight),
-                                               id(m.norm.weight), id(m.norm.bias), id(m.fc.bias)}
+    assert {id(p) for p in keep["params"]} == {
+        id(m.tok.weight),
+        id(m.pos.weight),
+        id(m.prev.weight),
+        id(m.norm.weight),
+        id(m.norm.bias),
+        id(m.fc.bias),
+    }
     assert decay["weight_decay"] == 0.1 and keep["weight_decay"] == 0.0
 
 
@@ -117,6 +134,7 @@ def test_config_validation():
 
 
 # ---------------------------------------------------------------- batches
+
 
 def test_block_sampler_windows_are_contiguous_and_resumable():
     data = torch.arange(100)
@@ -136,6 +154,7 @@ def test_block_sampler_windows_are_contiguous_and_resumable():
 
 # ---------------------------------------------------------------- training
 
+
 def test_training_learns_a_deterministic_sequence():
     m = toy_model(dropout=0.0)
     h = train(m, toy_data(), toy_data(100), cfg(steps=60), progress=False)
@@ -150,11 +169,18 @@ def test_training_learns_a_deterministic_sequence():
 def test_resume_gives_identical_losses(tmp_path):
     """20 steps straight == 10 steps, stop, resume for 10 more (dropout on: RNG must be restored)."""
     straight = train(toy_model(), toy_data(), toy_data(100), cfg(), progress=False)
-    first = train(toy_model(), toy_data(), toy_data(100), cfg(out_dir=str(tmp_path)),
-                  progress=False, callback=lambda step, h: step == 10)
+    first = train(
+        toy_model(),
+        toy_data(),
+        toy_data(100),
+        cfg(out_dir=str(tmp_path)),
+        progress=False,
+        callback=lambda step, h: step == 10,
+    )
     assert len(first.train_loss) == 10
-    resumed = train(toy_model(seed=123), toy_data(), toy_data(100), cfg(out_dir=str(tmp_path)),
-                    progress=False, resume_from=tmp_path)
+    resumed = train(
+        toy_model(seed=123), toy_data(), toy_data(100), cfg(out_dir=str(tmp_path)), progress=False, resume_from=tmp_path
+    )
     assert resumed.step == list(range(1, 21))
     assert resumed.train_loss == straight.train_loss  # exact
     assert resumed.lr == straight.lr
@@ -169,14 +195,21 @@ def test_keyboard_interrupt_stops_cleanly_and_resumes(tmp_path):
             raise KeyboardInterrupt
 
     out = tmp_path / "run"
-    h = train(toy_model(), toy_data(), toy_data(100), cfg(out_dir=str(out), ckpt_interval=5),
-              progress=False, callback=stop_at_7)
+    h = train(
+        toy_model(),
+        toy_data(),
+        toy_data(100),
+        cfg(out_dir=str(out), ckpt_interval=5),
+        progress=False,
+        callback=stop_at_7,
+    )
     assert h.interrupted and len(h.train_loss) == 7
     assert h.train_loss == straight.train_loss[:7]
     meta = json.loads((out / META_FILE).read_text())
     assert meta["step"] == 7  # the interrupt saved the state after step 7, not the step-5 one
-    resumed = train(toy_model(seed=5), toy_data(), toy_data(100), cfg(out_dir=str(out)),
-                    progress=False, resume_from=out)
+    resumed = train(
+        toy_model(seed=5), toy_data(), toy_data(100), cfg(out_dir=str(out)), progress=False, resume_from=out
+    )
     assert not resumed.interrupted
     assert resumed.train_loss == straight.train_loss
 
@@ -189,6 +222,7 @@ def test_checkpoint_files_are_safetensors_and_json(tmp_path):
     assert meta["model_config"] == {"vocab_size": 12, "block_size": 8, "d_model": 16, "dropout": 0.1}
     assert meta["train_config"]["steps"] == 4 and meta["step"] == 4
     from safetensors.torch import load_file
+
     state = load_file(str(tmp_path / STATE_FILE))
     n_params = len(list(m.parameters()))
     assert sum(k.endswith(".exp_avg") for k in state) == n_params
@@ -205,8 +239,7 @@ def test_checkpoint_files_are_safetensors_and_json(tmp_path):
 def test_checkpoint_config_mismatch_is_a_clear_error(tmp_path):
     train(toy_model(), toy_data(), None, cfg(steps=2, out_dir=str(tmp_path)), progress=False)
     with pytest.raises(ValueError, match=r"d_model: checkpoint 16 vs model 32"):
-        train(toy_model(d_model=32), toy_data(), None, cfg(steps=4), progress=False,
-              resume_from=tmp_path)
+        train(toy_model(d_model=32), toy_data(), None, cfg(steps=4), progress=False, resume_from=tmp_path)
 
 
 def test_clear_errors_for_bad_data():
@@ -217,6 +250,7 @@ def test_clear_errors_for_bad_data():
 
     class Tok:
         vocab_size = 20
+
     with pytest.raises(ValueError, match="tokenizer has 20 tokens but the model's vocab_size is 12"):
         train(toy_model(), toy_data(), None, cfg(), progress=False, tokenizer=Tok())
     with pytest.raises(ValueError, match="block_size 16 exceeds the model's block_size 8"):
@@ -246,8 +280,15 @@ def test_masked_lm_objective_trains():
 def test_custom_batch_function_and_bf16():
     def reverse(window, generator):  # predict the previous token instead of the next
         return window[:, 1:], window[:, :-1]
-    h = train(toy_model(dropout=0.0), toy_data(), toy_data(100), cfg(steps=30, dtype="bf16"),
-              objective=reverse, progress=False)
+
+    h = train(
+        toy_model(dropout=0.0),
+        toy_data(),
+        toy_data(100),
+        cfg(steps=30, dtype="bf16"),
+        objective=reverse,
+        progress=False,
+    )
     assert h.val_loss[-1] < h.val_loss[0]
 
 
@@ -258,6 +299,7 @@ def test_evaluate_is_deterministic_and_matches_manual_loss():
     a, b = evaluate(m, val, c), evaluate(m, val, c)
     assert a == b
     from companion.batching import BlockSampler
+
     s = BlockSampler(val, 2, 9, seed=c.seed + 1)
     manual = []
     with torch.no_grad():
@@ -274,8 +316,10 @@ def test_history_json_roundtrip_and_plot(tmp_path):
     assert h2 == h and "6 steps" in repr(h2)
     assert math.isfinite(h.best_val_loss)
     import matplotlib
+
     matplotlib.use("Agg")
     from companion.plotting import plot_history, smooth
+
     ax = plot_history(h)
     assert ax.get_xlabel() == "step" and len(ax.get_lines()) == 3
     smoothed, raw, val = ax.get_lines()
@@ -291,23 +335,31 @@ def test_progress_bar_runs(capsys):
 
 # ---------------------------------------------------------------- the book's models
 
+
 def test_gpt_trains_and_resumes_exactly(tmp_path):
     from companion.models import GPT, GPTConfig
 
     def gpt(seed):
         torch.manual_seed(seed)
-        return GPT(GPTConfig(vocab_size=16, block_size=16, n_layers=1, n_heads=2, d_model=32,
-                             dropout=0.1))
+        return GPT(GPTConfig(vocab_size=16, block_size=16, n_layers=1, n_heads=2, d_model=32, dropout=0.1))
+
     data = torch.arange(2000) % 13
     c = cfg(steps=16, block_size=16, lr=1e-2, eval_interval=8)
     straight = train(gpt(0), data, data[:300], c, progress=False)
     assert straight.val_loss[-1] < straight.val_loss[0] - 0.5
-    first = train(gpt(0), data, data[:300], cfg(**{**c.to_dict(), "out_dir": str(tmp_path)}),
-                  progress=False, callback=lambda step, h: step == 5)
+    first = train(
+        gpt(0),
+        data,
+        data[:300],
+        cfg(**{**c.to_dict(), "out_dir": str(tmp_path)}),
+        progress=False,
+        callback=lambda step, h: step == 5,
+    )
     assert len(first.step) == 5
     resumed = train(gpt(1), data, data[:300], c, progress=False, resume_from=tmp_path)
     assert resumed.train_loss == straight.train_loss
     from companion.checkpoint import load_pretrained
+
     model = load_pretrained(tmp_path)  # rebuilt from checkpoint.json (the step-5 weights)
     assert isinstance(model, GPT) and model.config.n_layers == 1 and not model.training
 
@@ -318,15 +370,17 @@ def test_encoder_trains_with_masked_lm():
     from companion.training import model_loss
 
     torch.manual_seed(0)
-    enc = EncoderForMaskedLM(EncoderConfig(vocab_size=16, block_size=16, n_layers=1, n_heads=2,
-                                           d_model=32, dropout=0.0))
+    enc = EncoderForMaskedLM(
+        EncoderConfig(vocab_size=16, block_size=16, n_layers=1, n_heads=2, d_model=32, dropout=0.0)
+    )
     obj = MaskedLM(mask_token_id=15, vocab_size=16)
     data = torch.arange(2000) % 13
     x, y = obj(data[:64].view(4, 16), torch.Generator().manual_seed(0))
     chosen = y != -100
     manual = F.cross_entropy(enc(x).logits[chosen], y[chosen])
     torch.testing.assert_close(model_loss(enc, x, y), manual, rtol=0, atol=1e-6)
-    h = train(enc, data, data[:300], cfg(steps=40, block_size=16, lr=1e-2, eval_interval=20),
-              objective=obj, progress=False)
+    h = train(
+        enc, data, data[:300], cfg(steps=40, block_size=16, lr=1e-2, eval_interval=20), objective=obj, progress=False
+    )
     # from log(16) = 2.77 (uniform) towards log(13) = 2.56 (the 13 ids that occur) in 40 steps
     assert h.val_loss[0] > 2.7 and h.val_loss[-1] < 2.62

@@ -27,8 +27,10 @@ def test_get_device_honours_a_choice_and_refuses_a_missing_one():
 
 def test_cpu_info_reads_model_and_bf16_flags(tmp_path):
     fake = tmp_path / "cpuinfo"
-    fake.write_text("processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: fpu avx2 avx512f amx_bf16\n\n"
-                    "processor\t: 1\nmodel name\t: Example CPU 9000\nflags\t\t: fpu avx2 avx512f amx_bf16\n")
+    fake.write_text(
+        "processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: fpu avx2 avx512f amx_bf16\n\n"
+        "processor\t: 1\nmodel name\t: Example CPU 9000\nflags\t\t: fpu avx2 avx512f amx_bf16\n"
+    )
     info = cpu_info(fake)
     assert info["model"] == "Example CPU 9000" and info["bf16_flags"] == ["amx_bf16"]
     assert describe_cpu(info).endswith("bf16 instructions: amx_bf16")

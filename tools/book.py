@@ -64,7 +64,16 @@ def vendor(quiet: bool = False) -> bool:
 def build(path_output: Path | None = None, rebuild_all: bool = False) -> int:
     """Build the book with warnings as errors; return the exit status of jupyter-book."""
     vendor()
-    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(ROOT), "-W", "-n", "--keep-going"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from jupyter_book.cli.main import main; main()",
+        "build",
+        str(ROOT),
+        "-W",
+        "-n",
+        "--keep-going",
+    ]
     if path_output is not None:
         cmd += ["--path-output", str(path_output)]
     if rebuild_all:
@@ -74,7 +83,7 @@ def build(path_output: Path | None = None, rebuild_all: bool = False) -> int:
     html = (path_output or ROOT) / "_build" / "html"
     if status == 0:
         print(f"\nThe book is built: open {html / 'index.html'}")
-        print(f"Diagrams need the pages served over http: python tools/book.py serve  (then http://127.0.0.1:8000)")
+        print("Diagrams need the pages served over http: python tools/book.py serve  (then http://127.0.0.1:8000)")
     return status
 
 

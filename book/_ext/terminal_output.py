@@ -33,7 +33,7 @@ def terminal_text(text: str) -> str:
 
 
 def _stream_kind(node: nodes.Node) -> str | None:
-    """"stdout" or "stderr" for a MyST-NB stream output block, else None."""
+    """ "stdout" or "stderr" for a MyST-NB stream output block, else None."""
     if not isinstance(node, nodes.literal_block) or "output" not in node.get("classes", []):
         return None
     classes = node["classes"]

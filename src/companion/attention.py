@@ -96,10 +96,7 @@ def padding_mask(lengths_or_attention_mask, max_len: int | None = None, device=N
             raise ValueError(f"length {longest} exceeds max_len {s}")
         keep = torch.arange(s, device=m.device)[None, :] < m[:, None]  # (B, S)
         return keep[:, None, None, :]  # (B, 1, 1, S)
-    raise ValueError(
-        "expected a (B, S) attention mask or (B,) lengths, got shape "
-        f"{tuple(m.shape)}"
-    )
+    raise ValueError(f"expected a (B, S) attention mask or (B,) lengths, got shape {tuple(m.shape)}")
 
 
 def _as_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -143,14 +140,10 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
     if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
         raise ValueError(f"q, k, v need at least 2 dimensions (..., length, d): {shapes}")
     if q.shape[-1] != k.shape[-1]:
-        raise ValueError(
-            f"q has d_k={q.shape[-1]} but k has d_k={k.shape[-1]}: "
-            f"q {tuple(q.shape)}, k {tuple(k.shape)}"
-        )
+        raise ValueError(f"q has d_k={q.shape[-1]} but k has d_k={k.shape[-1]}: q {tuple(q.shape)}, k {tuple(k.shape)}")
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(
-            f"k has {k.shape[-2]} keys but v has {v.shape[-2]} values: "
-            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+            f"k has {k.shape[-2]} keys but v has {v.shape[-2]} values: k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     try:
         torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
@@ -295,9 +288,7 @@ class MultiHeadAttention(nn.Module):
         if context is not None and (
             context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[-1] != self.d_model
         ):
-            raise ValueError(
-                f"context must be (B={x.shape[0]}, S, d_model={self.d_model}), got {tuple(context.shape)}"
-            )
+            raise ValueError(f"context must be (B={x.shape[0]}, S, d_model={self.d_model}), got {tuple(context.shape)}")
         if past_kv is not None:
             k_past, v_past = past_kv
             want = (x.shape[0], self.n_heads, k_past.shape[2] if k_past.ndim == 4 else -1, self.d_head)

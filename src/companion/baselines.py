@@ -21,8 +21,7 @@ from torch import Tensor, nn
 
 from companion.metrics import check_labels
 
-__all__ = ["BagOfWords", "LinearProbe", "fit_bag_of_words", "fit_linear_probe", "lbfgs_fit",
-           "sentence_embeddings"]
+__all__ = ["BagOfWords", "LinearProbe", "fit_bag_of_words", "fit_linear_probe", "lbfgs_fit", "sentence_embeddings"]
 
 
 class BagOfWords(nn.Module):
@@ -82,8 +81,15 @@ def lbfgs_fit(model: nn.Module, inputs, labels: Tensor, l2: float, max_iter: int
     """Minimise mean cross-entropy + l2/2 * model.l2() over the whole data set with L-BFGS; return J."""
     if l2 < 0:
         raise ValueError(f"l2 must be >= 0, got {l2}")
-    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=max_iter, tolerance_grad=1e-7,
-                            tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def objective() -> Tensor:
         opt.zero_grad()
@@ -96,8 +102,14 @@ def lbfgs_fit(model: nn.Module, inputs, labels: Tensor, l2: float, max_iter: int
         return float(F.cross_entropy(model(inputs), labels) + 0.5 * l2 * model.l2())
 
 
-def fit_bag_of_words(seqs: Sequence[Sequence[int]], labels: Sequence[int], vocab_size: int,
-                     n_classes: int = 2, l2: float = 1e-3, max_iter: int = 200) -> BagOfWords:
+def fit_bag_of_words(
+    seqs: Sequence[Sequence[int]],
+    labels: Sequence[int],
+    vocab_size: int,
+    n_classes: int = 2,
+    l2: float = 1e-3,
+    max_iter: int = 200,
+) -> BagOfWords:
     """Fit bag-of-words logistic regression on id lists (e.g. from `WordVocab.encode`)."""
     y = check_labels(labels, n_classes)
     if len(seqs) != len(y):
@@ -107,8 +119,9 @@ def fit_bag_of_words(seqs: Sequence[Sequence[int]], labels: Sequence[int], vocab
     return model.eval()
 
 
-def fit_linear_probe(features: Tensor, labels: Sequence[int], n_classes: int = 2, l2: float = 1e-2,
-                     max_iter: int = 200) -> LinearProbe:
+def fit_linear_probe(
+    features: Tensor, labels: Sequence[int], n_classes: int = 2, l2: float = 1e-2, max_iter: int = 200
+) -> LinearProbe:
     """Fit logistic regression on fixed features (N, D), standardised with their own mean and std."""
     y = check_labels(labels, n_classes)
     if features.dim() != 2 or len(features) != len(y):
@@ -122,8 +135,9 @@ def fit_linear_probe(features: Tensor, labels: Sequence[int], n_classes: int = 2
 
 
 @torch.no_grad()
-def sentence_embeddings(encoder: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 64,
-                        max_length: int = 128) -> Tensor:
+def sentence_embeddings(
+    encoder: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 64, max_length: int = 128
+) -> Tensor:
     """Sentence vectors (N, d_model) the sentence-transformers way: normalise(mean_pool(hidden states)).
 
     `encoder` is a `companion.models.Encoder` (e.g. from `companion.hf.load_minilm()`), `tokenizer`
@@ -139,9 +153,10 @@ def sentence_embeddings(encoder: nn.Module, tokenizer, texts: Sequence[str], bat
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = torch.empty(len(texts), encoder.config.d_model)
     for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size]
-        enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
+        idx = order[start : start + batch_size]
+        enc = tokenizer(
+            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
         hidden = encoder(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))  # (B, T, C)
         out[idx] = F.normalize(mean_pool(hidden, enc["attention_mask"]), dim=-1)  # (B, C)
     encoder.train(was_training)

@@ -33,14 +33,14 @@ class BlockSampler:
     prediction (inputs and targets overlap by all but one token), block_size for masked LM.
     """
 
-    def __init__(self, data: torch.Tensor, batch_size: int, length: int, seed: int = 0,
-                 name: str = "train data") -> None:
+    def __init__(
+        self, data: torch.Tensor, batch_size: int, length: int, seed: int = 0, name: str = "train data"
+    ) -> None:
         self.data = as_token_tensor(data, name)
         if batch_size < 1 or length < 1:
             raise ValueError(f"batch_size and length must be >= 1, got {batch_size} and {length}")
         if len(self.data) < length:
-            raise ValueError(f"{name} has {len(self.data)} tokens, fewer than one window of "
-                             f"{length} tokens")
+            raise ValueError(f"{name} has {len(self.data)} tokens, fewer than one window of {length} tokens")
         self.batch_size = batch_size
         self.length = length
         self.seed = seed
@@ -61,8 +61,7 @@ class BlockSampler:
 
     def state_dict(self) -> dict[str, Any]:
         """The data position: generator state and number of batches drawn."""
-        return {"generator": self.generator.get_state(), "batches_drawn": self.batches_drawn,
-                "seed": self.seed}
+        return {"generator": self.generator.get_state(), "batches_drawn": self.batches_drawn, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a data position saved by `state_dict`."""
@@ -70,8 +69,9 @@ class BlockSampler:
         self.batches_drawn = int(state["batches_drawn"])
 
 
-def get_batch(data: torch.Tensor, batch_size: int, block_size: int,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def get_batch(
+    data: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One next-token batch: x = data[i:i+block_size], y = data[i+1:i+block_size+1], (B, T) each."""
     data = as_token_tensor(data)
     if batch_size < 1 or block_size < 1:

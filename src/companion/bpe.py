@@ -90,8 +90,9 @@ class BPETokenizer:
     special tokens such as "<|endoftext|>" come last.
     """
 
-    def __init__(self, merges: Iterable[tuple[int, int]] = (), special_tokens: Iterable[str] = (),
-                 pattern: str = GPT2_PATTERN):
+    def __init__(
+        self, merges: Iterable[tuple[int, int]] = (), special_tokens: Iterable[str] = (), pattern: str = GPT2_PATTERN
+    ):
         self.pattern = pattern
         self._re = regex.compile(pattern)
         self.vocab: list[bytes] = [bytes([i]) for i in range(256)]  # id -> bytes
@@ -134,8 +135,14 @@ class BPETokenizer:
 
     # ------------------------------------------------------------------ training
     @classmethod
-    def train(cls, text: str, vocab_size: int, special_tokens: Iterable[str] = ("<|endoftext|>",),
-              pattern: str = GPT2_PATTERN, verbose: bool = False) -> BPETokenizer:
+    def train(
+        cls,
+        text: str,
+        vocab_size: int,
+        special_tokens: Iterable[str] = ("<|endoftext|>",),
+        pattern: str = GPT2_PATTERN,
+        verbose: bool = False,
+    ) -> BPETokenizer:
         """Learn merges on `text` until the vocabulary (bytes + merges + specials) has vocab_size ids.
 
         Each step merges the most frequent adjacent pair (ties: the smallest pair of ids). Pair
@@ -149,8 +156,10 @@ class BPETokenizer:
         tok = cls(special_tokens=(), pattern=pattern)
         n_learned = vocab_size - len(special_tokens)
         if n_learned < 256:
-            raise ValueError(f"vocab_size {vocab_size} is too small: it must be at least 256 bytes "
-                             f"+ {len(special_tokens)} special tokens = {256 + len(special_tokens)}")
+            raise ValueError(
+                f"vocab_size {vocab_size} is too small: it must be at least 256 bytes "
+                f"+ {len(special_tokens)} special tokens = {256 + len(special_tokens)}"
+            )
 
         word_counts: Counter[str] = Counter()
         for chunk, is_special in _split_on_specials(text, special_tokens):
@@ -260,8 +269,7 @@ class BPETokenizer:
             allowed = set(allowed_special)
             unknown = allowed - set(self.special_tokens)
             if unknown:
-                raise ValueError(f"unknown special tokens {sorted(unknown)}; "
-                                 f"registered: {sorted(self.special_tokens)}")
+                raise ValueError(f"unknown special tokens {sorted(unknown)}; registered: {sorted(self.special_tokens)}")
         ids: list[int] = []
         for chunk, is_special in _split_on_specials(text, allowed):
             if is_special:
@@ -298,16 +306,22 @@ class BPETokenizer:
         out = []
         for i in ids:
             i = int(i)
-            out.append(self._special_by_id[i] if i in self._special_by_id
-                       else "".join(table[b] for b in self.token_bytes(i)))
+            out.append(
+                self._special_by_id[i] if i in self._special_by_id else "".join(table[b] for b in self.token_bytes(i))
+            )
         return out
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         """Write the tokenizer (pattern, merges, special tokens) to a JSON file."""
-        data = {"format": _FORMAT, "version": 1, "pattern": self.pattern,
-                "vocab_size": self.vocab_size, "merges": [list(m) for m in self.merges],
-                "special_tokens": list(self.special_tokens)}
+        data = {
+            "format": _FORMAT,
+            "version": 1,
+            "pattern": self.pattern,
+            "vocab_size": self.vocab_size,
+            "merges": [list(m) for m in self.merges],
+            "special_tokens": list(self.special_tokens),
+        }
         Path(path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
@@ -321,11 +335,11 @@ class BPETokenizer:
             raise ValueError(f"{path}: the tokenizer file lacks {missing}")
         if data.get("version") != 1:
             raise ValueError(f"{path}: unsupported version {data.get('version')!r}")
-        tok = cls(merges=[tuple(m) for m in data["merges"]], special_tokens=data["special_tokens"],
-                  pattern=data["pattern"])
+        tok = cls(
+            merges=[tuple(m) for m in data["merges"]], special_tokens=data["special_tokens"], pattern=data["pattern"]
+        )
         if tok.vocab_size != data["vocab_size"]:
-            raise ValueError(f"{path}: vocab_size {data['vocab_size']} does not match the merges "
-                             f"({tok.vocab_size})")
+            raise ValueError(f"{path}: vocab_size {data['vocab_size']} does not match the merges ({tok.vocab_size})")
         return tok
 
     def to_hf(self):
@@ -350,5 +364,7 @@ class BPETokenizer:
         return hf
 
     def __repr__(self) -> str:
-        return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
-                f"special_tokens={list(self.special_tokens)})")
+        return (
+            f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+            f"special_tokens={list(self.special_tokens)})"
+        )

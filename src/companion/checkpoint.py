@@ -52,11 +52,13 @@ def check_model_config(saved: dict[str, Any] | None, model: torch.nn.Module, whe
     current = _jsonable(model_config_dict(model))
     if saved is None or current is None:
         return
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs model {current.get(k)!r}"
-             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r} vs model {current.get(k)!r}"
+        for k in sorted(set(saved) | set(current))
+        if saved.get(k) != current.get(k)
+    ]
     if diffs:
-        raise ValueError(f"checkpoint {where} does not match the model's config ("
-                         + "; ".join(diffs) + ")")
+        raise ValueError(f"checkpoint {where} does not match the model's config (" + "; ".join(diffs) + ")")
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -107,9 +109,11 @@ def _import(qualname: str) -> Any:
     """Import a class named in checkpoint.json; only classes of this package are allowed."""
     module_name, _, name = qualname.rpartition(".")
     if not module_name.startswith("companion."):
-        raise ValueError(f"refusing to import {qualname!r} named in a checkpoint: only "
-                         "companion.* classes are rebuilt automatically; build the model yourself "
-                         "and call load_checkpoint(dir, model)")
+        raise ValueError(
+            f"refusing to import {qualname!r} named in a checkpoint: only "
+            "companion.* classes are rebuilt automatically; build the model yourself "
+            "and call load_checkpoint(dir, model)"
+        )
     return getattr(importlib.import_module(module_name), name)
 
 
@@ -163,13 +167,18 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def save_checkpoint(out_dir: str | os.PathLike, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None, *, step: int = 0,
-                    train_config: dict[str, Any] | None = None,
-                    data_state: dict[str, Any] | None = None,
-                    rng: dict[str, torch.Tensor] | None = None,
-                    history: dict[str, Any] | None = None,
-                    extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    out_dir: str | os.PathLike,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    step: int = 0,
+    train_config: dict[str, Any] | None = None,
+    data_state: dict[str, Any] | None = None,
+    rng: dict[str, torch.Tensor] | None = None,
+    history: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write a checkpoint into `out_dir` atomically, as one unit, and return the folder.
 
     The three files are first written as ``*.new``; then ``checkpoint.commit`` is created and
@@ -260,13 +269,16 @@ def load_weights(ckpt_dir: str | os.PathLike, model: torch.nn.Module) -> dict[st
     except RuntimeError as err:  # shape mismatch
         raise ValueError(f"checkpoint {ckpt_dir} does not match the model: {err}") from None
     if missing or unexpected:
-        raise ValueError(f"checkpoint {ckpt_dir} does not match the model: missing weights "
-                         f"{sorted(missing)[:5]}, unexpected weights {sorted(unexpected)[:5]}")
+        raise ValueError(
+            f"checkpoint {ckpt_dir} does not match the model: missing weights "
+            f"{sorted(missing)[:5]}, unexpected weights {sorted(unexpected)[:5]}"
+        )
     return meta
 
 
-def load_checkpoint(ckpt_dir: str | os.PathLike, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    ckpt_dir: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> dict[str, Any]:
     """Load weights and training state into `model` (and `optimizer`); return the metadata plus `rng`/`data_state`.
 
     Raises ValueError if the checkpoint's model config or tensor shapes do not match `model`,
@@ -282,13 +294,12 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, model: torch.nn.Module,
             raise ValueError(f"checkpoint {ckpt_dir}: optimizer state does not fit: {err}") from None
     meta["rng"] = {k: v for k, v in tensors.items() if k.startswith("rng.")}
     data_state = dict(meta.get("data_state") or {})
-    data_state.update({k[len("data."):]: v for k, v in tensors.items() if k.startswith("data.")})
+    data_state.update({k[len("data.") :]: v for k, v in tensors.items() if k.startswith("data.")})
     meta["data_state"] = data_state
     return meta
 
 
-def load_pretrained(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu"
-                    ) -> torch.nn.Module:
+def load_pretrained(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model class named in the checkpoint from its config and load the weights.
 
     Needs only ``checkpoint.json`` and ``model.safetensors``: a folder without the training

@@ -1,7 +1,7 @@
 """The `companion` command: pre-train a small GPT on a corpus, then sample from it.
 
-    companion train shakespeare --tokenizer char --steps 2000 --out runs/shakespeare-char
-    companion sample --ckpt runs/shakespeare-char --prompt "ROMEO:" --max-new-tokens 300
+companion train shakespeare --tokenizer char --steps 2000 --out runs/shakespeare-char
+companion sample --ckpt runs/shakespeare-char --prompt "ROMEO:" --max-new-tokens 300
 """
 
 from __future__ import annotations
@@ -64,72 +64,104 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="companion",
         description="Pre-train small language models and sample from them (the book "
-                    "'LLM Principles', chapters 5 and 6). Runs offline on a laptop CPU.",
+        "'LLM Principles', chapters 5 and 6). Runs offline on a laptop CPU.",
         epilog="examples:\n"
-               "  companion train shakespeare --steps 2000 --out runs/shakespeare-char\n"
-               "  companion sample --ckpt runs/shakespeare-char --prompt \"ROMEO:\"\n\n"
-               "Run 'companion train --help' or 'companion sample --help' for all options.",
-        formatter_class=_Formatter)
+        "  companion train shakespeare --steps 2000 --out runs/shakespeare-char\n"
+        '  companion sample --ckpt runs/shakespeare-char --prompt "ROMEO:"\n\n'
+        "Run 'companion train --help' or 'companion sample --help' for all options.",
+        formatter_class=_Formatter,
+    )
     sub = parser.add_subparsers(dest="command", metavar="{train,sample}")
     sub.required = True
 
     t = sub.add_parser(
-        "train", formatter_class=_Formatter, epilog=TRAIN_EXAMPLES,
+        "train",
+        formatter_class=_Formatter,
+        epilog=TRAIN_EXAMPLES,
         help="pre-train a GPT (next-token prediction) on a corpus or a text file",
         description="Pre-train a GPT with next-token prediction. The text is tokenized, split "
-                    "90/10 into training and validation ids, and the tokenizer, the checkpoint "
-                    "(safetensors + JSON) and the loss history are written to --out.")
+        "90/10 into training and validation ids, and the tokenizer, the checkpoint "
+        "(safetensors + JSON) and the loss history are written to --out.",
+    )
     data = t.add_argument_group("data")
-    data.add_argument("corpus", nargs="?", default=None,
-                      help="a corpus of companion.data: shakespeare, reviews or python-docs")
+    data.add_argument(
+        "corpus", nargs="?", default=None, help="a corpus of companion.data: shakespeare, reviews or python-docs"
+    )
     data.add_argument("--text", metavar="FILE", help="train on this UTF-8 text file instead")
-    data.add_argument("--tokenizer", choices=("char", "bpe"), default="char",
-                      help="characters, or a byte-level BPE trained on the text")
+    data.add_argument(
+        "--tokenizer",
+        choices=("char", "bpe"),
+        default="char",
+        help="characters, or a byte-level BPE trained on the text",
+    )
     data.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size")
-    data.add_argument("--val-fraction", type=float, default=0.1,
-                      help="last fraction of the text held out for validation")
+    data.add_argument(
+        "--val-fraction", type=float, default=0.1, help="last fraction of the text held out for validation"
+    )
     model = t.add_argument_group("model")
     model.add_argument("--n-layers", type=int, default=4, help="Transformer blocks")
     model.add_argument("--n-heads", type=int, default=4, help="attention heads per block")
     model.add_argument("--d-model", type=int, default=128, help="width of the residual stream")
     model.add_argument("--block-size", type=int, default=64, help="context length in tokens")
     model.add_argument("--dropout", type=float, default=0.0, help="dropout probability")
-    model.add_argument("--activation", choices=("gelu_tanh", "gelu", "relu"), default="gelu_tanh",
-                       help="feed-forward activation: GPT-2's tanh GELU, the exact (erf) GELU, or ReLU")
+    model.add_argument(
+        "--activation",
+        choices=("gelu_tanh", "gelu", "relu"),
+        default="gelu_tanh",
+        help="feed-forward activation: GPT-2's tanh GELU, the exact (erf) GELU, or ReLU",
+    )
     opt = t.add_argument_group("training")
     opt.add_argument("--steps", type=int, default=2000, help="optimizer steps in all")
-    opt.add_argument("--batch-size", type=int, default=12,
-                     help="sequences per step (under torchrun: all ranks together)")
-    opt.add_argument("--grad-accum-steps", type=int, default=1,
-                     help="split each batch into this many micro-batches (same result, less memory)")
+    opt.add_argument(
+        "--batch-size", type=int, default=12, help="sequences per step (under torchrun: all ranks together)"
+    )
+    opt.add_argument(
+        "--grad-accum-steps",
+        type=int,
+        default=1,
+        help="split each batch into this many micro-batches (same result, less memory)",
+    )
     opt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     opt.add_argument("--min-lr", type=float, default=1e-4, help="learning rate after the cosine decay")
     opt.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
     opt.add_argument("--weight-decay", type=float, default=0.1, help="decoupled weight decay of the matrices")
-    opt.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw",
-                     help="muon: Muon for the blocks' matrices, AdamW for embeddings, biases, norms")
-    opt.add_argument("--muon-lr", type=float, default=0.02,
-                     help="Muon's peak learning rate (on the same schedule as --lr)")
+    opt.add_argument(
+        "--optimizer",
+        choices=("adamw", "muon"),
+        default="adamw",
+        help="muon: Muon for the blocks' matrices, AdamW for embeddings, biases, norms",
+    )
+    opt.add_argument(
+        "--muon-lr", type=float, default=0.02, help="Muon's peak learning rate (on the same schedule as --lr)"
+    )
     opt.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
     opt.add_argument("--eval-interval", type=int, default=250, help="steps between evaluations")
     opt.add_argument("--eval-steps", type=int, default=20, help="batches per evaluation")
     opt.add_argument("--ckpt-interval", type=int, default=500, help="steps between checkpoints")
     run = t.add_argument_group("run")
     run.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
-    run.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                     help="bf16 autocast is faster on CPUs and GPUs with bf16 units")
+    run.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16 autocast is faster on CPUs and GPUs with bf16 units",
+    )
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
     run.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     run.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches, dropout")
     run.add_argument("--out", metavar="DIR", default="runs/gpt", help="output folder")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the run saved in --out (model shape from its checkpoint)")
+    run.add_argument(
+        "--resume", action="store_true", help="continue the run saved in --out (model shape from its checkpoint)"
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser(
-        "sample", formatter_class=_Formatter, epilog=SAMPLE_EXAMPLES,
+        "sample",
+        formatter_class=_Formatter,
+        epilog=SAMPLE_EXAMPLES,
         help="generate text from a trained checkpoint",
-        description="Continue a prompt with a model trained by 'companion train'.")
+        description="Continue a prompt with a model trained by 'companion train'.",
+    )
     s.add_argument("--ckpt", metavar="DIR", required=True, help="folder written by companion train")
     s.add_argument("--prompt", default="\n", help="text to continue")
     s.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
@@ -211,32 +243,60 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             print(f"training a byte-level BPE of {args.vocab_size} tokens ...", file=sys.stderr)
             tokenizer = BPETokenizer.train(text, args.vocab_size)
-        model_cfg = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size,
-                              n_layers=args.n_layers, n_heads=args.n_heads, d_model=args.d_model,
-                              dropout=args.dropout, activation=args.activation)
+        model_cfg = GPTConfig(
+            vocab_size=tokenizer.vocab_size,
+            block_size=args.block_size,
+            n_layers=args.n_layers,
+            n_heads=args.n_heads,
+            d_model=args.d_model,
+            dropout=args.dropout,
+            activation=args.activation,
+        )
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     n_val = max(int(len(ids) * args.val_fraction), model_cfg.block_size + 1)
     train_ids, val_ids = ids[:-n_val], ids[-n_val:]
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, block_size=model_cfg.block_size,
-                      lr=args.lr, min_lr=min(args.min_lr, args.lr), warmup_steps=args.warmup,
-                      weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-                      optimizer=args.optimizer, muon_lr=args.muon_lr,
-                      eval_interval=args.eval_interval, eval_steps=args.eval_steps,
-                      grad_accum_steps=args.grad_accum_steps, device=device, dtype=args.dtype,
-                      compile=args.compile, seed=args.seed,
-                      out_dir=str(out), ckpt_interval=args.ckpt_interval)
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        block_size=model_cfg.block_size,
+        lr=args.lr,
+        min_lr=min(args.min_lr, args.lr),
+        warmup_steps=args.warmup,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        optimizer=args.optimizer,
+        muon_lr=args.muon_lr,
+        eval_interval=args.eval_interval,
+        eval_steps=args.eval_steps,
+        grad_accum_steps=args.grad_accum_steps,
+        device=device,
+        dtype=args.dtype,
+        compile=args.compile,
+        seed=args.seed,
+        out_dir=str(out),
+        ckpt_interval=args.ckpt_interval,
+    )
     torch.manual_seed(args.seed)
     model = GPT(model_cfg)
     n_params = sum(p.numel() for p in model.parameters())
     say = (lambda *a, **k: print(*a, **k, file=sys.stderr)) if rank == 0 else (lambda *a, **k: None)
-    say(f"{len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary "
-        f"{tokenizer.vocab_size}; GPT with {n_params / 1e6:.2f}M parameters")
+    say(
+        f"{len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary "
+        f"{tokenizer.vocab_size}; GPT with {n_params / 1e6:.2f}M parameters"
+    )
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save(out / TOKENIZER_FILE)
     try:
-        history = train(model, train_ids, val_ids, cfg, resume_from=out if args.resume else None,
-                        progress=not args.quiet, tokenizer=tokenizer)
+        history = train(
+            model,
+            train_ids,
+            val_ids,
+            cfg,
+            resume_from=out if args.resume else None,
+            progress=not args.quiet,
+            tokenizer=tokenizer,
+        )
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -244,8 +304,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         history.save_json(out / HISTORY_FILE)
     val = f", validation loss {history.val_loss[-1]:.4f}" if history.val_loss else ""
     state = "interrupted at" if history.interrupted else "finished"
-    say(f"{state} step {history.step[-1] if history.step else 0}: training loss "
-        f"{history.train_loss[-1] if history.train_loss else float('nan'):.4f}{val}; saved to {out}")
+    say(
+        f"{state} step {history.step[-1] if history.step else 0}: training loss "
+        f"{history.train_loss[-1] if history.train_loss else float('nan'):.4f}{val}; saved to {out}"
+    )
     return 130 if history.interrupted else 0
 
 
@@ -265,12 +327,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError("the prompt is empty after tokenization; give at least one character")
     block = model.config.block_size
     if len(ids) > block:
-        print(f"note: the prompt has {len(ids)} tokens; keeping the last {block} (block_size)",
-              file=sys.stderr)
+        print(f"note: the prompt has {len(ids)} tokens; keeping the last {block} (block_size)", file=sys.stderr)
         ids = ids[-block:]
     for i in range(args.num_samples):
-        out = generate(model, ids, args.max_new_tokens, temperature=args.temperature,
-                       top_k=args.top_k, top_p=args.top_p, seed=args.seed + i)
+        out = generate(
+            model,
+            ids,
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed + i,
+        )
         if i:
             print("-" * 40)
         print(tokenizer.decode(out.tolist()))

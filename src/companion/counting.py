@@ -60,8 +60,15 @@ def gpt_parameters(config: GPTConfig) -> ParamCount:
     per_block = block_parameters(c.d_model, c.d_ff, c.bias)
     final = c.d_model * (1 + int(c.bias)) if c.norm == "pre" else 0
     non_emb = c.n_layers * per_block + final
-    return ParamCount(total=non_emb + tok + pos + head, non_embedding=non_emb, token_embedding=tok,
-                      position_embedding=pos, output_head=head, per_block=per_block, final_norm=final)
+    return ParamCount(
+        total=non_emb + tok + pos + head,
+        non_embedding=non_emb,
+        token_embedding=tok,
+        position_embedding=pos,
+        output_head=head,
+        per_block=per_block,
+        final_norm=final,
+    )
 
 
 def kaplan_parameters(config: GPTConfig) -> int:

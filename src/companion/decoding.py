@@ -25,8 +25,14 @@ from torch import Tensor, nn
 
 from companion.generation import sample_next_token
 
-__all__ = ["BeamSearchOutput", "beam_search", "cross_attention_weights", "greedy_decode",
-           "seq2seq_beam_search", "sequence_log_prob"]
+__all__ = [
+    "BeamSearchOutput",
+    "beam_search",
+    "cross_attention_weights",
+    "greedy_decode",
+    "seq2seq_beam_search",
+    "sequence_log_prob",
+]
 
 
 def _check_src(model: nn.Module, src_ids: Tensor, src_mask: Tensor | None) -> Tensor:
@@ -36,9 +42,19 @@ def _check_src(model: nn.Module, src_ids: Tensor, src_mask: Tensor | None) -> Te
 
 
 @torch.no_grad()
-def greedy_decode(model: nn.Module, src_ids: Tensor, src_mask: Tensor | None = None, *, bos_id: int,
-                  eos_id: int, max_len: int, temperature: float = 0.0, top_k: int | None = None,
-                  top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+def greedy_decode(
+    model: nn.Module,
+    src_ids: Tensor,
+    src_mask: Tensor | None = None,
+    *,
+    bos_id: int,
+    eos_id: int,
+    max_len: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Decode an EncoderDecoder token by token -> (B, <= max_len) new target ids (no <bos>).
 
     temperature 0 is greedy (arg-max); otherwise tokens are sampled with
@@ -74,9 +90,15 @@ class BeamSearchOutput(NamedTuple):
 
 
 @torch.no_grad()
-def beam_search(next_log_probs: Callable[[Tensor], Tensor], start: Tensor, *, num_beams: int,
-                max_new_tokens: int, eos_id: int | None = None, length_penalty: float = 1.0
-                ) -> BeamSearchOutput:
+def beam_search(
+    next_log_probs: Callable[[Tensor], Tensor],
+    start: Tensor,
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    eos_id: int | None = None,
+    length_penalty: float = 1.0,
+) -> BeamSearchOutput:
     """Beam search over `max_new_tokens` steps from start tokens (B, T0).
 
     `next_log_probs(tokens)` takes (B * num_beams, t) token ids (row b * num_beams + k is beam
@@ -122,7 +144,7 @@ def beam_search(next_log_probs: Callable[[Tensor], Tensor], start: Tensor, *, nu
                 if eos_id is not None and tok == eos_id:
                     if rank < K and not done[b]:
                         seq = tokens[b * K + beam, T0:].tolist() + [tok]
-                        _add(finished[b], (score / length ** length_penalty, seq), K)
+                        _add(finished[b], (score / length**length_penalty, seq), K)
                     continue
                 rows_b.append(b * K + beam)
                 tok_b.append(tok)
@@ -137,7 +159,7 @@ def beam_search(next_log_probs: Callable[[Tensor], Tensor], start: Tensor, *, nu
             new_tok += tok_b
             if not done[b] and len(finished[b]) == K:
                 best_live = float(new_live[b].max())
-                done[b] = finished[b][-1][0] >= best_live / length ** length_penalty
+                done[b] = finished[b][-1][0] >= best_live / length**length_penalty
         tokens = torch.cat([tokens[new_rows], torch.tensor(new_tok, device=start.device).unsqueeze(1)], dim=1)
         live = new_live
         if all(done):
@@ -149,12 +171,11 @@ def beam_search(next_log_probs: Callable[[Tensor], Tensor], start: Tensor, *, nu
             continue
         for k in range(K):
             if live[b, k] > float("-inf"):
-                _add(finished[b], (float(live[b, k]) / L ** length_penalty, tokens[b * K + k, T0:].tolist()), K)
+                _add(finished[b], (float(live[b, k]) / L**length_penalty, tokens[b * K + k, T0:].tolist()), K)
     fill = eos_id if eos_id is not None else 0
     best = [max(f, key=lambda h: h[0]) for f in finished]
     width = max(len(seq) for _, seq in best)
-    seqs = torch.tensor([seq + [fill] * (width - len(seq)) for _, seq in best], dtype=torch.long,
-                        device=start.device)
+    seqs = torch.tensor([seq + [fill] * (width - len(seq)) for _, seq in best], dtype=torch.long, device=start.device)
     return BeamSearchOutput(seqs, torch.tensor([s for s, _ in best]))
 
 
@@ -166,9 +187,17 @@ def _add(hyps: list[tuple[float, list[int]]], hyp: tuple[float, list[int]], k: i
 
 
 @torch.no_grad()
-def seq2seq_beam_search(model: nn.Module, src_ids: Tensor, src_mask: Tensor | None = None, *, bos_id: int,
-                        eos_id: int, max_len: int, num_beams: int = 4, length_penalty: float = 1.0
-                        ) -> BeamSearchOutput:
+def seq2seq_beam_search(
+    model: nn.Module,
+    src_ids: Tensor,
+    src_mask: Tensor | None = None,
+    *,
+    bos_id: int,
+    eos_id: int,
+    max_len: int,
+    num_beams: int = 4,
+    length_penalty: float = 1.0,
+) -> BeamSearchOutput:
     """Beam search for an EncoderDecoder: encode once, decode num_beams hypotheses per source."""
     was_training = model.training
     model.eval()
@@ -180,15 +209,22 @@ def seq2seq_beam_search(model: nn.Module, src_ids: Tensor, src_mask: Tensor | No
             return model.decode(tokens, memory, mask)[:, -1].log_softmax(-1)  # (B*K, V)
 
         start = torch.full((src_ids.shape[0], 1), bos_id, dtype=torch.long, device=src_ids.device)
-        return beam_search(next_log_probs, start, num_beams=num_beams, max_new_tokens=max_len,
-                           eos_id=eos_id, length_penalty=length_penalty)
+        return beam_search(
+            next_log_probs,
+            start,
+            num_beams=num_beams,
+            max_new_tokens=max_len,
+            eos_id=eos_id,
+            length_penalty=length_penalty,
+        )
     finally:
         model.train(was_training)
 
 
 @torch.no_grad()
-def sequence_log_prob(model: nn.Module, src_ids: Tensor, tgt_in: Tensor, tgt_out: Tensor,
-                      src_mask: Tensor | None = None) -> Tensor:
+def sequence_log_prob(
+    model: nn.Module, src_ids: Tensor, tgt_in: Tensor, tgt_out: Tensor, src_mask: Tensor | None = None
+) -> Tensor:
     """Summed log p(y | x) of each target (B,), over positions whose tgt_out is not -100."""
     was_training = model.training
     model.eval()
@@ -202,8 +238,9 @@ def sequence_log_prob(model: nn.Module, src_ids: Tensor, tgt_in: Tensor, tgt_out
 
 
 @torch.no_grad()
-def cross_attention_weights(model: nn.Module, src_ids: Tensor, tgt_in: Tensor,
-                            src_mask: Tensor | None = None) -> Tensor:
+def cross_attention_weights(
+    model: nn.Module, src_ids: Tensor, tgt_in: Tensor, src_mask: Tensor | None = None
+) -> Tensor:
     """Cross-attention weights of every decoder block -> (n_decoder_layers, B, n_heads, T, S).
 
     Row t of a map is how target position t distributes its attention over the source

@@ -38,14 +38,13 @@ from companion.utils import set_seed
 
 
 def default_backend(device: torch.device) -> str:
-    """"nccl" for CUDA devices, "gloo" otherwise (gloo runs on any CPU)."""
+    """ "nccl" for CUDA devices, "gloo" otherwise (gloo runs on any CPU)."""
     return "nccl" if device.type == "cuda" else "gloo"
 
 
 def env_rank_world() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) from the variables torchrun sets; (0, 0, 1) without them."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-            int(os.environ.get("WORLD_SIZE", 1)))
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
 
 
 def process_group() -> tuple[int, int]:
@@ -60,10 +59,12 @@ def shard(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size), got rank {rank}, world_size {world_size}")
     if batch.size(0) % world_size:
-        raise ValueError(f"global batch size {batch.size(0)} is not divisible by world_size "
-                         f"{world_size}: every rank needs a shard of the same size")
+        raise ValueError(
+            f"global batch size {batch.size(0)} is not divisible by world_size "
+            f"{world_size}: every rank needs a shard of the same size"
+        )
     b = batch.size(0) // world_size
-    return batch[rank * b:(rank + 1) * b]  # (B / world_size, ...)
+    return batch[rank * b : (rank + 1) * b]  # (B / world_size, ...)
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> DDP:
@@ -73,8 +74,9 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> DDP:
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def micro_batches(x: torch.Tensor, y: torch.Tensor, rank: int, world_size: int, n_micro: int,
-                  ddp: DDP | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
+def micro_batches(
+    x: torch.Tensor, y: torch.Tensor, rank: int, world_size: int, n_micro: int, ddp: DDP | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
     """This rank's rows of the global batch (x, y), as `n_micro` equal micro-batches.
 
     Yields (x_micro, y_micro, context): run the micro-batch's forward and backward inside
@@ -117,9 +119,15 @@ class MemoryPerDevice(NamedTuple):
     total: float
 
 
-def zero_memory_per_device(n_params: float, world_size: int = 1, stage: int = 0, *,
-                           weight_bytes: int = 2, grad_bytes: int = 2,
-                           optimizer_bytes: int = 12) -> MemoryPerDevice:
+def zero_memory_per_device(
+    n_params: float,
+    world_size: int = 1,
+    stage: int = 0,
+    *,
+    weight_bytes: int = 2,
+    grad_bytes: int = 2,
+    optimizer_bytes: int = 12,
+) -> MemoryPerDevice:
     r"""Model-state memory per device with ZeRO (Rajbhandari et al. 2020), activations excluded.
 
     Mixed-precision Adam keeps, per parameter, 2 bytes of fp16/bf16 weights, 2 of gradients
@@ -156,8 +164,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from companion.models import GPT, GPTConfig
     from companion.training import TrainConfig, train
 
-    p = argparse.ArgumentParser(prog="python -m companion.distributed",
-                                description="Data-parallel GPT training (run it under torchrun).")
+    p = argparse.ArgumentParser(
+        prog="python -m companion.distributed", description="Data-parallel GPT training (run it under torchrun)."
+    )
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=8, help="global batch (all ranks together)")
     p.add_argument("--block-size", type=int, default=32)
@@ -168,9 +177,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--chars", type=int, default=100_000, help="characters of Shakespeare to use")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (one GPU per rank)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="parameter dtype")
-    p.add_argument("--compare", action="store_true",
-                   help="rank 0 then trains the same model in one process, with the ranks' shards as "
-                   "micro-batches and with the whole batch at once, and reports the differences")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="rank 0 then trains the same model in one process, with the ranks' shards as "
+        "micro-batches and with the whole batch at once, and reports the differences",
+    )
     p.add_argument("--out", default=None, help="rank 0 writes its JSON report here")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
@@ -182,11 +194,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if world_size > 1:
         dist.init_process_group(backend, timeout=dt.timedelta(minutes=5))
     data, vocab = _demo_data(args.chars)
-    gcfg = GPTConfig(vocab_size=vocab, block_size=args.block_size, n_layers=args.n_layers,
-                     n_heads=args.n_heads, d_model=args.d_model)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, block_size=args.block_size,
-                      lr=args.lr, min_lr=args.lr / 10, warmup_steps=max(1, args.steps // 5), seed=0,
-                      device=str(device))
+    gcfg = GPTConfig(
+        vocab_size=vocab, block_size=args.block_size, n_layers=args.n_layers, n_heads=args.n_heads, d_model=args.d_model
+    )
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        block_size=args.block_size,
+        lr=args.lr,
+        min_lr=args.lr / 10,
+        warmup_steps=max(1, args.steps // 5),
+        seed=0,
+        device=str(device),
+    )
     dtype = getattr(torch, args.dtype)
     set_seed(0)
     model = GPT(gcfg).to(dtype)
@@ -194,18 +214,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     history = train(model, data, None, cfg, progress=False)  # DDP: the process group is initialised
     seconds = time.perf_counter() - t0
     rank_diff = max_rank_difference(model)
-    line = (f"rank {rank}/{world_size} ({backend}, {device}): losses "
-            + " ".join(f"{v:.4f}" for v in history.train_loss)
-            + f" | parameter checksum {flat_parameters(model).sum().item():.10f}")
+    line = (
+        f"rank {rank}/{world_size} ({backend}, {device}): losses "
+        + " ".join(f"{v:.4f}" for v in history.train_loss)
+        + f" | parameter checksum {flat_parameters(model).sum().item():.10f}"
+    )
     lines = [line]
     if dist.is_initialized():  # rank 0 prints every rank's line, in rank order
         lines = [None] * world_size
         dist.all_gather_object(lines, line)
     if rank == 0:
         print("\n".join(lines), flush=True)
-    report = {"world_size": world_size, "backend": backend, "device": str(device), "dtype": args.dtype,
-              "loss": history.train_loss, "seconds": round(seconds, 3), "max_rank_difference": rank_diff,
-              "torch_version": torch.__version__}
+    report = {
+        "world_size": world_size,
+        "backend": backend,
+        "device": str(device),
+        "dtype": args.dtype,
+        "loss": history.train_loss,
+        "seconds": round(seconds, 3),
+        "max_rank_difference": rank_diff,
+        "torch_version": torch.__version__,
+    }
     if dist.is_initialized():  # the data-parallel part is over
         dist.barrier()
         dist.destroy_process_group()
@@ -217,15 +246,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             single = GPT(gcfg).to(dtype)
             h = train(single, data, None, dataclasses.replace(cfg, grad_accum_steps=accum), progress=False)
             report[f"{key}_loss"] = h.train_loss
-            report[f"max_difference_vs_{key}"] = float(
-                (flat_parameters(single) - flat_parameters(model)).abs().max())
+            report[f"max_difference_vs_{key}"] = float((flat_parameters(single) - flat_parameters(model)).abs().max())
     if rank == 0:
         print(f"max parameter difference between ranks: {rank_diff:.3g}", flush=True)
         if args.compare:
-            print("max parameter difference vs one process with the ranks' shards as micro-batches: "
-                  f"{report['max_difference_vs_single_process']:.3g}", flush=True)
-            print("max parameter difference vs one process with the whole batch in one pass: "
-                  f"{report['max_difference_vs_single_batch']:.3g}", flush=True)
+            print(
+                "max parameter difference vs one process with the ranks' shards as micro-batches: "
+                f"{report['max_difference_vs_single_process']:.3g}",
+                flush=True,
+            )
+            print(
+                "max parameter difference vs one process with the whole batch in one pass: "
+                f"{report['max_difference_vs_single_batch']:.3g}",
+                flush=True,
+            )
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=1))
     return report

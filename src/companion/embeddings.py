@@ -56,8 +56,9 @@ class Word2VecConfig:
             raise ValueError(f"Word2VecConfig.subsample_t must be None or > 0, got {self.subsample_t}")
 
 
-def build_vocab(sentences: Sequence[Sequence[str]], min_count: int = 1,
-                max_vocab: int | None = None) -> tuple[list[str], list[int]]:
+def build_vocab(
+    sentences: Sequence[Sequence[str]], min_count: int = 1, max_vocab: int | None = None
+) -> tuple[list[str], list[int]]:
     """Words by decreasing count (ties: alphabetical), and their counts."""
     counts = Counter(w for s in sentences for w in s)
     items = sorted(((w, c) for w, c in counts.items() if c >= min_count), key=lambda wc: (-wc[1], wc[0]))
@@ -66,8 +67,9 @@ def build_vocab(sentences: Sequence[Sequence[str]], min_count: int = 1,
     return [w for w, _ in items], [c for _, c in items]
 
 
-def skipgram_pairs(ids: Tensor, sentence_ids: Tensor, window: int,
-                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def skipgram_pairs(
+    ids: Tensor, sentence_ids: Tensor, window: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """All (centre, context) pairs within a random window 1..window of each centre, per sentence.
 
     ids, sentence_ids: (N,) -> centres (P,), contexts (P,). As in word2vec, each centre draws its
@@ -151,8 +153,9 @@ class WordVectors:
         return [(self.words[j], float(s)) for s, j in zip(top.values.tolist(), top.indices.tolist())]
 
 
-def train_word2vec(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = None,
-                   verbose: bool = False) -> WordVectors:
+def train_word2vec(
+    sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = None, verbose: bool = False
+) -> WordVectors:
     """Train skip-gram with negative sampling on tokenised sentences; deterministic for a seed.
 
     Each step works on small tensors (a few thousand rows), for which synchronising several
@@ -187,7 +190,7 @@ def _train(sentences: Sequence[Sequence[str]], cfg: Word2VecConfig, verbose: boo
     keep_prob = torch.ones_like(freq)
     if cfg.subsample_t is not None:
         keep_prob = torch.clamp(torch.sqrt(cfg.subsample_t / (freq / freq.sum())), max=1.0)
-    noise = (freq ** 0.75) / (freq ** 0.75).sum()  # negative-sampling distribution
+    noise = (freq**0.75) / (freq**0.75).sum()  # negative-sampling distribution
 
     with torch.random.fork_rng():  # parameter init from the config's seed, not the global RNG
         torch.manual_seed(cfg.seed)
@@ -211,8 +214,9 @@ def _train(sentences: Sequence[Sequence[str]], cfg: Word2VecConfig, verbose: boo
     for centres, contexts in epochs_pairs:
         for b in range(0, centres.numel(), cfg.batch_size):
             c, o = centres[b : b + cfg.batch_size], contexts[b : b + cfg.batch_size]  # (B,), (B,)
-            neg = torch.multinomial(noise, c.numel() * cfg.n_negatives, replacement=True,
-                                    generator=g).view(-1, cfg.n_negatives)  # (B, K)
+            neg = torch.multinomial(noise, c.numel() * cfg.n_negatives, replacement=True, generator=g).view(
+                -1, cfg.n_negatives
+            )  # (B, K)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * (1 - step / total_steps)
             loss = model(c, o, neg)
@@ -222,8 +226,7 @@ def _train(sentences: Sequence[Sequence[str]], cfg: Word2VecConfig, verbose: boo
             losses.append(loss.item())
             step += 1
             if verbose and step % 200 == 0:
-                print(f"step {step}/{total_steps} loss {loss.item():.3f} "
-                      f"({time.perf_counter() - start:.1f} s)")
+                print(f"step {step}/{total_steps} loss {loss.item():.3f} ({time.perf_counter() - start:.1f} s)")
     weight = model.in_embed.weight
     if cfg.add_context_vectors:
         weight = weight + model.out_embed.weight

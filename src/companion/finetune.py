@@ -30,9 +30,21 @@ from companion.models import GPT, ClassifierOutput, mean_pool
 from companion.optim import param_groups
 from companion.training import TrainConfig, lr_at
 
-__all__ = ["FinetuneConfig", "SequenceClassifier", "WordVocab", "count_parameters", "encode_texts",
-           "fit", "fit_classifier", "freeze", "pad_batch", "pooled_features", "predict_logits",
-           "set_dropout", "simple_tokenize"]
+__all__ = [
+    "FinetuneConfig",
+    "SequenceClassifier",
+    "WordVocab",
+    "count_parameters",
+    "encode_texts",
+    "fit",
+    "fit_classifier",
+    "freeze",
+    "pad_batch",
+    "pooled_features",
+    "predict_logits",
+    "set_dropout",
+    "simple_tokenize",
+]
 
 _TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
 
@@ -102,12 +114,14 @@ class WordVocab:
 
         tok = Tokenizer(models.WordLevel(vocab=dict(self.stoi), unk_token="[UNK]"))
         tok.normalizer = normalizers.Lowercase()
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(_TOKEN.pattern), behavior="isolated")])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(_TOKEN.pattern), behavior="isolated")]
+        )
         tok.post_processor = processors.TemplateProcessing(single="[SEP] $A", special_tokens=[("[SEP]", self.sep_id)])
         tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces, tidies punctuation
-        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                       bos_token="[SEP]", eos_token="[SEP]")
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="[SEP]", eos_token="[SEP]"
+        )
 
     def __repr__(self) -> str:
         return f"WordVocab({len(self)} ids)"
@@ -172,8 +186,9 @@ class SequenceClassifier(nn.Module):
         last = attention_mask.long().sum(1) - 1  # (B,) index of the last real token (right padding)
         return hidden[torch.arange(len(last)), last]  # (B, d_model)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                labels: Tensor | None = None) -> ClassifierOutput:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
+    ) -> ClassifierOutput:
         """logits (B, n_classes); with labels (B,) also the mean cross-entropy."""
         logits = self.head(self.drop(self.features(input_ids, attention_mask)))  # (B, n_classes)
         loss = None if labels is None else F.cross_entropy(logits, labels)
@@ -237,15 +252,21 @@ def _optimizer(model: nn.Module, head: nn.Module | None, cfg: FinetuneConfig) ->
         for in_head in (False, True):
             ps = [p for p in g["params"] if (id(p) in head_ids) == in_head]
             if ps:
-                groups.append({"params": ps, "weight_decay": g["weight_decay"],
-                               "lr_scale": scale if in_head else 1.0})
+                groups.append({"params": ps, "weight_decay": g["weight_decay"], "lr_scale": scale if in_head else 1.0})
     if not groups:
         raise ValueError("the model has no trainable parameter: everything is frozen")
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def fit(model: nn.Module, batch_loss: Callable[[Tensor], Tensor], n_examples: int, cfg: FinetuneConfig, *,
-        head: nn.Module | None = None, callback: Callable[[int, float], None] | None = None) -> list[float]:
+def fit(
+    model: nn.Module,
+    batch_loss: Callable[[Tensor], Tensor],
+    n_examples: int,
+    cfg: FinetuneConfig,
+    *,
+    head: nn.Module | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> list[float]:
     """Minimise `batch_loss(indices)` over shuffled mini-batches of range(n_examples) for cfg.steps steps.
 
     Each epoch visits the examples in a new random order (seeded by cfg.seed); a batch is
@@ -262,7 +283,7 @@ def fit(model: nn.Module, batch_loss: Callable[[Tensor], Tensor], n_examples: in
     for step in range(cfg.steps):
         if pos >= n_examples:
             order, pos = torch.randperm(n_examples, generator=gen), 0
-        idx = order[pos: pos + cfg.batch_size]
+        idx = order[pos : pos + cfg.batch_size]
         pos += cfg.batch_size
         factor = lr_at(step, schedule)
         for g in optimizer.param_groups:
@@ -280,8 +301,9 @@ def fit(model: nn.Module, batch_loss: Callable[[Tensor], Tensor], n_examples: in
     return losses
 
 
-def fit_classifier(model: SequenceClassifier, seqs: Sequence[Sequence[int]], labels: Sequence[int],
-                   cfg: FinetuneConfig) -> list[float]:
+def fit_classifier(
+    model: SequenceClassifier, seqs: Sequence[Sequence[int]], labels: Sequence[int], cfg: FinetuneConfig
+) -> list[float]:
     """Fine-tune a SequenceClassifier on id lists and labels; only parameters with requires_grad move."""
     y = check_labels(labels, model.n_classes)
     if len(seqs) != len(y):
@@ -303,7 +325,7 @@ def _batched(fn: Callable[[Tensor, Tensor], Tensor], seqs: Sequence[Sequence[int
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     outs = []
     for start in range(0, len(order), batch_size):
-        ids, mask = pad_batch([seqs[i] for i in order[start: start + batch_size]], WordVocab.pad_id)
+        ids, mask = pad_batch([seqs[i] for i in order[start : start + batch_size]], WordVocab.pad_id)
         outs.append(fn(ids, mask))
     out = torch.cat(outs)
     return out[torch.argsort(torch.tensor(order))]

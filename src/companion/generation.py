@@ -96,9 +96,7 @@ def _check_sampling_args(temperature: float, top_k: int | None, top_p: float | N
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and (
-        isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0
-    ):
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
 
 
@@ -125,12 +123,15 @@ def _check_finite(logits: Tensor, step: int | None = None) -> None:
     """Raise a ValueError if any logit is NaN or infinite (argmax and softmax would silently garble them)."""
     if not bool(torch.isfinite(logits).all()):
         where = "" if step is None else f" at generation step {step}"
-        raise ValueError(f"the model produced non-finite logits (NaN or inf){where}: its weights or inputs "
-                         "have diverged; decoding them would emit arbitrary tokens")
+        raise ValueError(
+            f"the model produced non-finite logits (NaN or inf){where}: its weights or inputs "
+            "have diverged; decoding them would emit arbitrary tokens"
+        )
 
 
-def _sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
-            generator: torch.Generator | None) -> Tensor:
+def _sample(
+    logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
+) -> Tensor:
     """`sample_next_token` without the argument checks (generate checks them once)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
@@ -158,8 +159,15 @@ class LayerKVCache:
     so code that expects a ``(k, v)`` pair of tensors can read it.
     """
 
-    def __init__(self, batch_size: int, n_heads: int, max_len: int, d_head: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+    def __init__(
+        self,
+        batch_size: int,
+        n_heads: int,
+        max_len: int,
+        d_head: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ):
         self.k = torch.empty(batch_size, n_heads, max_len, d_head, dtype=dtype, device=device)
         self.v = torch.empty_like(self.k)
         self.max_len = max_len
@@ -169,8 +177,9 @@ class LayerKVCache:
         """Append k_new, v_new (B, n_heads, T, d_head); return all keys, values (B, n_heads, S, d_head)."""
         end = self.length + k_new.shape[2]
         if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; cannot store "
-                             f"{self.length} + {k_new.shape[2]} = {end}")
+            raise ValueError(
+                f"KV cache holds {self.max_len} positions; cannot store {self.length} + {k_new.shape[2]} = {end}"
+            )
         self.k[:, :, self.length : end] = k_new
         self.v[:, :, self.length : end] = v_new
         self.length = end
@@ -206,8 +215,7 @@ class KVCache:
         p = next(model.parameters())
         max_len = c.block_size if max_len is None else max_len
         d_head = c.d_model // c.n_heads
-        return cls([LayerKVCache(batch_size, c.n_heads, max_len, d_head, p.dtype, p.device)
-                    for _ in range(c.n_layers)])
+        return cls([LayerKVCache(batch_size, c.n_heads, max_len, d_head, p.dtype, p.device) for _ in range(c.n_layers)])
 
     @property
     def length(self) -> int:
@@ -294,8 +302,7 @@ def generate(
         raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
     config = model.config
     block_size, vocab_size = config.block_size, config.vocab_size
-    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int)
-                               or not 0 <= eos_id < vocab_size):
+    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < vocab_size):
         raise ValueError(f"eos_id must be None or an int in [0, {vocab_size}), got {eos_id!r}")
     device = next(model.parameters()).device
     idx, was_1d = _as_batch(prompt_ids, device)  # (B, T0)
@@ -359,17 +366,20 @@ def generate(
     return out[0] if was_1d else out
 
 
-def kv_cache_bytes(
-    n_layers: int, seq_len: int, d_model: int, batch_size: int = 1, bytes_per_value: int = 4
-) -> int:
+def kv_cache_bytes(n_layers: int, seq_len: int, d_model: int, batch_size: int = 1, bytes_per_value: int = 4) -> int:
     r"""Memory of a full KV cache: $2 \cdot n_\text{layers} \cdot T \cdot d_\text{model}$ values per sequence.
 
     Each layer stores one key and one value vector of width $n_\text{heads} d_\text{head} =
     d_\text{model}$ for each of the $T$ positions; times `batch_size` sequences and
     `bytes_per_value` (4 for float32, 2 for bfloat16).
     """
-    for name, v in [("n_layers", n_layers), ("seq_len", seq_len), ("d_model", d_model),
-                    ("batch_size", batch_size), ("bytes_per_value", bytes_per_value)]:
+    for name, v in [
+        ("n_layers", n_layers),
+        ("seq_len", seq_len),
+        ("d_model", d_model),
+        ("batch_size", batch_size),
+        ("bytes_per_value", bytes_per_value),
+    ]:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{name} must be an int >= 0, got {v!r}")
     return 2 * n_layers * seq_len * d_model * batch_size * bytes_per_value

@@ -61,10 +61,20 @@ def gpt_config_from_hf(hf_config) -> GPTConfig:
     drops = {c.resid_pdrop, c.embd_pdrop, c.attn_pdrop}
     if len(drops) != 1:
         raise ValueError(f"GPTConfig has one dropout rate; this GPT2Config has {sorted(drops)}")
-    return GPTConfig(vocab_size=c.vocab_size, block_size=c.n_positions, n_layers=c.n_layer, n_heads=c.n_head,
-                     d_model=c.n_embd, d_ff=c.n_inner, dropout=drops.pop(), bias=True, norm="pre",
-                     layer_norm_eps=c.layer_norm_epsilon, tie_weights=bool(c.tie_word_embeddings),
-                     activation=_ACT_FROM_HF[c.activation_function])
+    return GPTConfig(
+        vocab_size=c.vocab_size,
+        block_size=c.n_positions,
+        n_layers=c.n_layer,
+        n_heads=c.n_head,
+        d_model=c.n_embd,
+        d_ff=c.n_inner,
+        dropout=drops.pop(),
+        bias=True,
+        norm="pre",
+        layer_norm_eps=c.layer_norm_epsilon,
+        tie_weights=bool(c.tie_word_embeddings),
+        activation=_ACT_FROM_HF[c.activation_function],
+    )
 
 
 def _check_special_id(name: str, value: int | None, vocab_size: int) -> None:
@@ -86,39 +96,58 @@ def gpt_config_to_hf(config: GPTConfig, bos_token_id: int | None = None, eos_tok
     if config.norm != "pre" or not config.bias:
         raise ValueError("GPT-2 is pre-LN with biases: norm='pre' and bias=True are needed")
     act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[config.activation]
-    return GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.d_model,
-                      n_layer=config.n_layers, n_head=config.n_heads, n_inner=config.d_ff,
-                      activation_function=act, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
-                      attn_pdrop=config.dropout, layer_norm_epsilon=config.layer_norm_eps,
-                      tie_word_embeddings=config.tie_weights,
-                      bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    return GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.d_model,
+        n_layer=config.n_layers,
+        n_head=config.n_heads,
+        n_inner=config.d_ff,
+        activation_function=act,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        layer_norm_epsilon=config.layer_norm_eps,
+        tie_word_embeddings=config.tie_weights,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+    )
 
 
 def _gpt_key_map(n_layers: int) -> list[tuple[str, str, str]]:
     """(our name, HF name, how) for every tensor; how is "copy", "T" (transpose) or "q"/"k"/"v"."""
-    rows = [("tok_emb.weight", "transformer.wte.weight", "copy"),
-            ("pos_emb.weight", "transformer.wpe.weight", "copy"),
-            ("ln_f.weight", "transformer.ln_f.weight", "copy"),
-            ("ln_f.bias", "transformer.ln_f.bias", "copy")]
+    rows = [
+        ("tok_emb.weight", "transformer.wte.weight", "copy"),
+        ("pos_emb.weight", "transformer.wpe.weight", "copy"),
+        ("ln_f.weight", "transformer.ln_f.weight", "copy"),
+        ("ln_f.bias", "transformer.ln_f.bias", "copy"),
+    ]
     for i in range(n_layers):
         o, h = f"blocks.{i}.", f"transformer.h.{i}."
-        rows += [(o + "ln_attn.weight", h + "ln_1.weight", "copy"), (o + "ln_attn.bias", h + "ln_1.bias", "copy"),
-                 (o + "ln_ffn.weight", h + "ln_2.weight", "copy"), (o + "ln_ffn.bias", h + "ln_2.bias", "copy"),
-                 (o + "attn.out_proj.weight", h + "attn.c_proj.weight", "T"),
-                 (o + "attn.out_proj.bias", h + "attn.c_proj.bias", "copy"),
-                 (o + "ffn.fc_in.weight", h + "mlp.c_fc.weight", "T"), (o + "ffn.fc_in.bias", h + "mlp.c_fc.bias", "copy"),
-                 (o + "ffn.fc_out.weight", h + "mlp.c_proj.weight", "T"),
-                 (o + "ffn.fc_out.bias", h + "mlp.c_proj.bias", "copy")]
-        for j, part in enumerate("qkv"):
-            rows += [(o + f"attn.{part}_proj.weight", h + "attn.c_attn.weight", part),
-                     (o + f"attn.{part}_proj.bias", h + "attn.c_attn.bias", part)]
+        rows += [
+            (o + "ln_attn.weight", h + "ln_1.weight", "copy"),
+            (o + "ln_attn.bias", h + "ln_1.bias", "copy"),
+            (o + "ln_ffn.weight", h + "ln_2.weight", "copy"),
+            (o + "ln_ffn.bias", h + "ln_2.bias", "copy"),
+            (o + "attn.out_proj.weight", h + "attn.c_proj.weight", "T"),
+            (o + "attn.out_proj.bias", h + "attn.c_proj.bias", "copy"),
+            (o + "ffn.fc_in.weight", h + "mlp.c_fc.weight", "T"),
+            (o + "ffn.fc_in.bias", h + "mlp.c_fc.bias", "copy"),
+            (o + "ffn.fc_out.weight", h + "mlp.c_proj.weight", "T"),
+            (o + "ffn.fc_out.bias", h + "mlp.c_proj.bias", "copy"),
+        ]
+        for part in "qkv":
+            rows += [
+                (o + f"attn.{part}_proj.weight", h + "attn.c_attn.weight", part),
+                (o + f"attn.{part}_proj.bias", h + "attn.c_attn.bias", part),
+            ]
     return rows
 
 
 def _hf_slice(t: torch.Tensor, part: str, d: int) -> torch.Tensor:
     """Column block q (0:d), k (d:2d) or v (2d:3d) of a packed c_attn weight (d, 3d) or bias (3d,)."""
     j = "qkv".index(part)
-    return t[..., j * d:(j + 1) * d]
+    return t[..., j * d : (j + 1) * d]
 
 
 @torch.no_grad()
@@ -185,25 +214,44 @@ def encoder_config_from_hf(hf_config) -> EncoderConfig:
         raise ValueError("a BERT used as a decoder is not supported")
     if c.hidden_act not in _ACT_FROM_HF:
         raise ValueError(f"unsupported BERT hidden_act {c.hidden_act!r}")
-    return EncoderConfig(vocab_size=c.vocab_size, block_size=c.max_position_embeddings, n_layers=c.num_hidden_layers,
-                         n_heads=c.num_attention_heads, d_model=c.hidden_size, d_ff=c.intermediate_size,
-                         dropout=c.hidden_dropout_prob, bias=True, norm="post", layer_norm_eps=c.layer_norm_eps,
-                         type_vocab_size=c.type_vocab_size, activation=_ACT_FROM_HF[c.hidden_act],
-                         pad_token_id=c.pad_token_id if c.pad_token_id is not None else 0)
+    return EncoderConfig(
+        vocab_size=c.vocab_size,
+        block_size=c.max_position_embeddings,
+        n_layers=c.num_hidden_layers,
+        n_heads=c.num_attention_heads,
+        d_model=c.hidden_size,
+        d_ff=c.intermediate_size,
+        dropout=c.hidden_dropout_prob,
+        bias=True,
+        norm="post",
+        layer_norm_eps=c.layer_norm_eps,
+        type_vocab_size=c.type_vocab_size,
+        activation=_ACT_FROM_HF[c.hidden_act],
+        pad_token_id=c.pad_token_id if c.pad_token_id is not None else 0,
+    )
 
 
 def _bert_key_map(n_layers: int) -> list[tuple[str, str]]:
     """(our name, BertModel name) for every tensor of the encoder."""
-    rows = [("tok_emb.weight", "embeddings.word_embeddings.weight"),
-            ("pos_emb.weight", "embeddings.position_embeddings.weight"),
-            ("type_emb.weight", "embeddings.token_type_embeddings.weight"),
-            ("ln_emb.weight", "embeddings.LayerNorm.weight"), ("ln_emb.bias", "embeddings.LayerNorm.bias")]
+    rows = [
+        ("tok_emb.weight", "embeddings.word_embeddings.weight"),
+        ("pos_emb.weight", "embeddings.position_embeddings.weight"),
+        ("type_emb.weight", "embeddings.token_type_embeddings.weight"),
+        ("ln_emb.weight", "embeddings.LayerNorm.weight"),
+        ("ln_emb.bias", "embeddings.LayerNorm.bias"),
+    ]
     for i in range(n_layers):
         o, h = f"blocks.{i}.", f"encoder.layer.{i}."
-        pairs = [("attn.q_proj", "attention.self.query"), ("attn.k_proj", "attention.self.key"),
-                 ("attn.v_proj", "attention.self.value"), ("attn.out_proj", "attention.output.dense"),
-                 ("ln_attn", "attention.output.LayerNorm"), ("ffn.fc_in", "intermediate.dense"),
-                 ("ffn.fc_out", "output.dense"), ("ln_ffn", "output.LayerNorm")]
+        pairs = [
+            ("attn.q_proj", "attention.self.query"),
+            ("attn.k_proj", "attention.self.key"),
+            ("attn.v_proj", "attention.self.value"),
+            ("attn.out_proj", "attention.output.dense"),
+            ("ln_attn", "attention.output.LayerNorm"),
+            ("ffn.fc_in", "intermediate.dense"),
+            ("ffn.fc_out", "output.dense"),
+            ("ln_ffn", "output.LayerNorm"),
+        ]
         for ours, theirs in pairs:
             rows += [(o + ours + ".weight", h + theirs + ".weight"), (o + ours + ".bias", h + theirs + ".bias")]
     return rows
@@ -281,8 +329,8 @@ def load_gpt2_from_hub(name: str = "gpt2"):
             if not _hub_reachable():
                 raise RuntimeError(
                     f"loading {name!r} needs a network connection to huggingface.co (it is not in the local "
-                    "Hugging Face cache, and the hub cannot be reached or HF_HUB_OFFLINE is set)") from None
+                    "Hugging Face cache, and the hub cannot be reached or HF_HUB_OFFLINE is set)"
+                ) from None
             hf_model = GPT2LMHeadModel.from_pretrained(name)
             tokenizer = AutoTokenizer.from_pretrained(name)
     return gpt_from_hf(hf_model.eval()).eval(), tokenizer
-

@@ -22,16 +22,17 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
-                  ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean multi-class cross-entropy over positions whose target is not `ignore_index`.
 
     logits (..., V), targets (...) of ints. Written out (log-softmax, pick the target's
     log-probability, average) to show the formula; equals `F.cross_entropy`.
     """
     if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} "
-                         f"disagree: logits must be targets' shape plus a vocabulary axis")
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} "
+            f"disagree: logits must be targets' shape plus a vocabulary axis"
+        )
     log_probs = logits.float().log_softmax(dim=-1)  # (..., V)
     keep = targets != ignore_index  # (...)
     n = int(keep.sum())
@@ -50,8 +51,9 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     instead of PyTorch's 0/0 = NaN. No host synchronisation: the count stays on the device.
     """
     flat = targets.reshape(-1)
-    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), flat,
-                            ignore_index=IGNORE_INDEX, reduction="sum")
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), flat, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return total / (flat != IGNORE_INDEX).sum().clamp(min=1)
 
 
@@ -62,10 +64,15 @@ def causal_lm_pairs(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return window[:, :-1], window[:, 1:]
 
 
-def mask_tokens(ids: torch.Tensor, *, mask_token_id: int, vocab_size: int,
-                mask_prob: float = 0.15, special_ids: Iterable[int] = (),
-                generator: torch.Generator | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    ids: torch.Tensor,
+    *,
+    mask_token_id: int,
+    vocab_size: int,
+    mask_prob: float = 0.15,
+    special_ids: Iterable[int] = (),
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's corruption: return (inputs, labels) for masked-LM training.
 
     Each position that is not a special token is chosen with probability `mask_prob`. A chosen
@@ -113,8 +120,9 @@ class Objective:
         """How many consecutive tokens one training example needs."""
         return block_size + self.extra_tokens
 
-    def __call__(self, window: torch.Tensor, generator: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, window: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def check_vocab(self, vocab_size: int) -> None:
@@ -137,8 +145,9 @@ class MaskedLM(Objective):
     name = "mlm"
     extra_tokens = 0
 
-    def __init__(self, mask_token_id: int, vocab_size: int, mask_prob: float = 0.15,
-                 special_ids: Sequence[int] = ()) -> None:
+    def __init__(
+        self, mask_token_id: int, vocab_size: int, mask_prob: float = 0.15, special_ids: Sequence[int] = ()
+    ) -> None:
         if not 0 <= mask_token_id < vocab_size:
             raise ValueError(f"mask_token_id {mask_token_id} is outside the vocabulary [0, {vocab_size})")
         self.mask_token_id = mask_token_id
@@ -147,14 +156,21 @@ class MaskedLM(Objective):
         self.special_ids = tuple(int(s) for s in special_ids)
 
     def __call__(self, window, generator=None):
-        return mask_tokens(window, mask_token_id=self.mask_token_id, vocab_size=self.vocab_size,
-                           mask_prob=self.mask_prob, special_ids=self.special_ids,
-                           generator=generator)
+        return mask_tokens(
+            window,
+            mask_token_id=self.mask_token_id,
+            vocab_size=self.vocab_size,
+            mask_prob=self.mask_prob,
+            special_ids=self.special_ids,
+            generator=generator,
+        )
 
     def check_vocab(self, vocab_size: int) -> None:
         if self.vocab_size > vocab_size:
-            raise ValueError(f"the MLM objective draws random tokens from {self.vocab_size} ids "
-                             f"but the model's vocab_size is {vocab_size}")
+            raise ValueError(
+                f"the MLM objective draws random tokens from {self.vocab_size} ids "
+                f"but the model's vocab_size is {vocab_size}"
+            )
 
 
 class FunctionObjective(Objective):
@@ -185,8 +201,10 @@ def resolve_objective(objective: Any, model: Any = None) -> Objective:
         mask_id = getattr(cfg, "mask_token_id", None)
         vocab = getattr(cfg, "vocab_size", None)
         if mask_id is None or vocab is None:
-            raise ValueError('objective="mlm" needs model.config.mask_token_id and vocab_size; '
-                             "pass objective=MaskedLM(mask_token_id=..., vocab_size=...) instead")
+            raise ValueError(
+                'objective="mlm" needs model.config.mask_token_id and vocab_size; '
+                "pass objective=MaskedLM(mask_token_id=..., vocab_size=...) instead"
+            )
         special = getattr(cfg, "special_token_ids", None) or ()
         return MaskedLM(int(mask_id), int(vocab), special_ids=special)
     if callable(objective):

@@ -40,8 +40,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         if not p.requires_grad:
             continue
         (decay if p.dim() >= 2 and id(p) not in no_decay else keep).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": keep, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
@@ -93,14 +92,33 @@ class Muon(torch.optim.Optimizer):
     AdamW part and so needs a second optimizer and a second state for the other parameters.
     """
 
-    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8,
-                 weight_decay: float = 0.0, ns_dtype: torch.dtype = torch.bfloat16):
+    def __init__(
+        self,
+        params,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        betas: tuple[float, float] = (0.9, 0.99),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        ns_dtype: torch.dtype = torch.bfloat16,
+    ):
         if lr <= 0 or not 0.0 <= momentum < 1.0 or ns_steps < 1:
-            raise ValueError(f"need lr > 0, 0 <= momentum < 1 and ns_steps >= 1, got lr={lr}, "
-                             f"momentum={momentum}, ns_steps={ns_steps}")
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=betas,
-                        eps=eps, weight_decay=weight_decay, use_muon=True)
+            raise ValueError(
+                f"need lr > 0, 0 <= momentum < 1 and ns_steps >= 1, got lr={lr}, "
+                f"momentum={momentum}, ns_steps={ns_steps}"
+            )
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            use_muon=True,
+        )
         params = list(params)
         if not params:
             raise ValueError("Muon got no parameters (does the model have hidden Linear matrices?)")
@@ -124,8 +142,10 @@ class Muon(torch.optim.Optimizer):
         by_shape: dict[tuple, list[torch.Tensor]] = {}
         for p in params:
             if p.dim() != 2:
-                raise ValueError(f"Muon updates matrices; a parameter of shape {tuple(p.shape)} is in "
-                                 "a use_muon group (give it to a use_muon=False group)")
+                raise ValueError(
+                    f"Muon updates matrices; a parameter of shape {tuple(p.shape)} is in "
+                    "a use_muon group (give it to a use_muon=False group)"
+                )
             by_shape.setdefault(tuple(p.shape), []).append(p)
         for (m, n), ps in by_shape.items():
             updates = []
@@ -165,8 +185,14 @@ class Muon(torch.optim.Optimizer):
 def muon_param_groups(model: nn.Module, weight_decay: float, lr_scale: float) -> list[dict[str, Any]]:
     """Groups for `Muon`: the hidden matrices (use_muon, lr_scale) and the AdamW groups of the rest."""
     hidden = {id(p) for p in hidden_matrices(model)}
-    groups = [{"params": [p for p in model.parameters() if id(p) in hidden], "use_muon": True,
-               "weight_decay": weight_decay, "lr_scale": lr_scale}]
+    groups = [
+        {
+            "params": [p for p in model.parameters() if id(p) in hidden],
+            "use_muon": True,
+            "weight_decay": weight_decay,
+            "lr_scale": lr_scale,
+        }
+    ]
     for g in param_groups(model, weight_decay):
         rest = [p for p in g["params"] if id(p) not in hidden]
         if rest:
@@ -186,5 +212,4 @@ def make_optimizer(model: nn.Module, cfg: Any, device: torch.device) -> torch.op
     if fused is None:  # on CPU the fused kernel measured slower than foreach for small models
         fused = device.type == "cuda"
     kwargs = {"fused": True} if fused else {}
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                             eps=cfg.eps, **kwargs)
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kwargs)

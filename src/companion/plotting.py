@@ -18,8 +18,15 @@ def smooth(values: Any, window: int) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
-def plot_history(history: Any, ax: Any = None, *, label: str | None = None, smooth_window: int = 25,
-                 color: str | None = None, raw: bool = True):
+def plot_history(
+    history: Any,
+    ax: Any = None,
+    *,
+    label: str | None = None,
+    smooth_window: int = 25,
+    color: str | None = None,
+    raw: bool = True,
+):
     """Draw training loss (raw and smoothed) and validation loss against step; return the axes.
 
     `history` is a `companion.training.History` or its `to_dict()`. Call it several times on
@@ -33,14 +40,12 @@ def plot_history(history: Any, ax: Any = None, *, label: str | None = None, smoo
     name = f"{label}: " if label else ""
     steps, loss = h.get("step", []), h.get("train_loss", [])
     if len(loss):
-        line, = ax.plot(steps, smooth(loss, smooth_window), color=color, linewidth=1.5,
-                        label=f"{name}train")
+        (line,) = ax.plot(steps, smooth(loss, smooth_window), color=color, linewidth=1.5, label=f"{name}train")
         color = line.get_color()
         if raw and smooth_window > 1:  # the noisy per-step losses, faint, in the same colour
             ax.plot(steps, loss, color=color, alpha=0.2, linewidth=0.8)
     if h.get("val_loss"):
-        ax.plot(h["eval_step"], h["val_loss"], "o--", color=color, markersize=4,
-                label=f"{name}validation")
+        ax.plot(h["eval_step"], h["val_loss"], "o--", color=color, markersize=4, label=f"{name}validation")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token)")
     ax.set_title("Training curves" if label is None else ax.get_title() or "Training curves")

@@ -29,8 +29,9 @@ def _frequencies(n: int, d: int, base: float) -> Tensor:
     return base ** (-torch.arange(0, n, dtype=torch.float64) * 2 / d)
 
 
-def sinusoidal_encoding(block_size: int, d_model: int, base: float = 10000.0,
-                        dtype: torch.dtype = torch.float32) -> Tensor:
+def sinusoidal_encoding(
+    block_size: int, d_model: int, base: float = 10000.0, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """The sinusoidal table of Vaswani et al. (2017): returns PE (block_size, d_model), not x + PE.
 
     PE[pos, 2i] = sin(pos / base^(2i/d_model)) and PE[pos, 2i+1] = cos(pos / base^(2i/d_model)).

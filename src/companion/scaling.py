@@ -121,16 +121,35 @@ class ChinchillaLaw:
 
     def to_dict(self) -> dict[str, Any]:
         """The five parameters and the name, JSON-friendly."""
-        return {"E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta,
-                "name": self.name, "source": self.source}
+        return {
+            "E": self.E,
+            "A": self.A,
+            "B": self.B,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "name": self.name,
+            "source": self.source,
+        }
 
 
 CHINCHILLA_2022 = ChinchillaLaw(
-    E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, name="Chinchilla (2022)",
-    source="Hoffmann et al. 2022, arXiv:2203.15556, approach 3 (rounded published values)")
+    E=1.69,
+    A=406.4,
+    B=410.7,
+    alpha=0.34,
+    beta=0.28,
+    name="Chinchilla (2022)",
+    source="Hoffmann et al. 2022, arXiv:2203.15556, approach 3 (rounded published values)",
+)
 BESIROGLU_2024 = ChinchillaLaw(
-    E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658, name="Besiroglu et al. (2024)",
-    source="Besiroglu et al. 2024, arXiv:2404.10102, refit of approach 3")
+    E=1.8172,
+    A=482.01,
+    B=2085.43,
+    alpha=0.3478,
+    beta=0.3658,
+    name="Besiroglu et al. (2024)",
+    source="Besiroglu et al. 2024, arXiv:2404.10102, refit of approach 3",
+)
 
 
 @dataclass(frozen=True)
@@ -161,8 +180,9 @@ KAPLAN_2020_D = PowerLaw(5.4e13, 0.095, "L(D), tokens", _KAPLAN + ", eq. 1.2")
 KAPLAN_2020_C = PowerLaw(3.1e8 * PETAFLOP_DAY, 0.050, "L(C_min), FLOPs", _KAPLAN + ", eq. 1.3")
 
 
-def kaplan_loss(n_params: Any, n_tokens: Any, law_n: PowerLaw = KAPLAN_2020_N,
-                law_d: PowerLaw = KAPLAN_2020_D) -> float | np.ndarray:
+def kaplan_loss(
+    n_params: Any, n_tokens: Any, law_n: PowerLaw = KAPLAN_2020_N, law_d: PowerLaw = KAPLAN_2020_D
+) -> float | np.ndarray:
     """Kaplan et al.'s joint law L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D (eq. 1.5)."""
     n, d = _positive("n_params", n_params), _positive("n_tokens", n_tokens)
     ratio = law_n.exponent / law_d.exponent

@@ -59,15 +59,23 @@ def _loglog_line(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
-def _power_law_fit(lx: np.ndarray, ly: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray,
-                   ci: float) -> PowerLawFit:
+def _power_law_fit(
+    lx: np.ndarray, ly: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray, ci: float
+) -> PowerLawFit:
     """The least-squares fit of (lx, ly) with intervals from bootstrap (slope, intercept) samples."""
     slope, intercept = _loglog_line(lx, ly)
     resid = ly - (intercept + slope * lx)
     r2 = 1.0 - resid @ resid / max(((ly - ly.mean()) ** 2).sum(), 1e-300)
-    return PowerLawFit(coefficient=float(np.exp(intercept)), exponent=slope,
-                       exponent_ci=_ci(slopes, ci), coefficient_ci=tuple(np.exp(_ci(intercepts, ci))),
-                       r2=float(r2), n_points=int(lx.size), ci=ci, bootstrap_exponents=slopes)
+    return PowerLawFit(
+        coefficient=float(np.exp(intercept)),
+        exponent=slope,
+        exponent_ci=_ci(slopes, ci),
+        coefficient_ci=tuple(np.exp(_ci(intercepts, ci))),
+        r2=float(r2),
+        n_points=int(lx.size),
+        ci=ci,
+        bootstrap_exponents=slopes,
+    )
 
 
 def fit_power_law(x: Any, y: Any, *, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> PowerLawFit:
@@ -115,11 +123,16 @@ def fit_isoflop_minimum(n_params: Any, losses: Any) -> IsoFLOPMinimum:
         raise ValueError("losses must be finite")
     c2, c1, c0 = np.polyfit(ln, loss, 2)
     if c2 <= 0:
-        raise ValueError("the fitted parabola opens downward: this profile has no interior minimum "
-                         "(widen the range of sizes around the optimum)")
+        raise ValueError(
+            "the fitted parabola opens downward: this profile has no interior minimum "
+            "(widen the range of sizes around the optimum)"
+        )
     x = -c1 / (2 * c2)
-    return IsoFLOPMinimum(n_opt=float(np.exp(x)), loss_opt=float(np.polyval((c2, c1, c0), x)),
-                          coefficients=(float(c2), float(c1), float(c0)))
+    return IsoFLOPMinimum(
+        n_opt=float(np.exp(x)),
+        loss_opt=float(np.polyval((c2, c1, c0), x)),
+        coefficients=(float(c2), float(c1), float(c0)),
+    )
 
 
 def _profile_window(ln: np.ndarray, loss: np.ndarray, points: int) -> np.ndarray:
@@ -127,15 +140,17 @@ def _profile_window(ln: np.ndarray, loss: np.ndarray, points: int) -> np.ndarray
     sizes = np.unique(ln)
     i = int(np.searchsorted(sizes, ln[np.argmin(loss)]))
     lo = min(max(0, i - points // 2), max(0, sizes.size - points))
-    return np.isin(ln, sizes[lo:lo + points])
+    return np.isin(ln, sizes[lo : lo + points])
 
 
 def _interior_minimum(ln: np.ndarray, loss: np.ndarray) -> IsoFLOPMinimum:
     """fit_isoflop_minimum, with an error when the vertex lies outside the sizes fitted."""
     c2, c1, _ = np.polyfit(ln, loss, 2)
     if c2 > 0 and not ln.min() <= -c1 / (2 * c2) <= ln.max():
-        raise ValueError(f"the parabola's minimum N = {np.exp(-c1 / (2 * c2)):.3g} lies outside the "
-                         f"sizes it was fitted to: the profile has no clear interior minimum")
+        raise ValueError(
+            f"the parabola's minimum N = {np.exp(-c1 / (2 * c2)):.3g} lies outside the "
+            f"sizes it was fitted to: the profile has no clear interior minimum"
+        )
     return fit_isoflop_minimum(np.exp(ln), loss)
 
 
@@ -163,8 +178,9 @@ class IsoFLOPAnalysis:
     failed_fraction: float  # bootstrap resamples in which a parabola opened downward
 
 
-def fit_isoflops(budgets: Any, n_params: Any, losses: Any, *, points: int = 5, n_boot: int = 1000,
-                 ci: float = 0.95, seed: int = 0) -> IsoFLOPAnalysis:
+def fit_isoflops(
+    budgets: Any, n_params: Any, losses: Any, *, points: int = 5, n_boot: int = 1000, ci: float = 0.95, seed: int = 0
+) -> IsoFLOPAnalysis:
     """Fit every isoFLOP profile (runs sharing a budget) and the power laws of its minima.
 
     Each profile's parabola in log N uses the runs at the `points` sizes around its lowest loss.
@@ -177,8 +193,9 @@ def fit_isoflops(budgets: Any, n_params: Any, losses: Any, *, points: int = 5, n
     ln = np.log(_positive("n_params", n_params)).ravel()
     loss = _positive("losses", losses).ravel()
     if not c.size == ln.size == loss.size:
-        raise ValueError(f"budgets, n_params and losses must have the same length, "
-                         f"got {c.size}, {ln.size}, {loss.size}")
+        raise ValueError(
+            f"budgets, n_params and losses must have the same length, got {c.size}, {ln.size}, {loss.size}"
+        )
     if points < 3:
         raise ValueError(f"points must be >= 3 for a parabola, got {points}")
     if n_boot < 1:
@@ -215,9 +232,17 @@ def fit_isoflops(budgets: Any, n_params: Any, losses: Any, *, points: int = 5, n
             samples[k, :, i] = _loglog_line(lc, ly)
     mins_log = np.log([m.n_opt for m in minima]), np.array([m.loss_opt for m in minima])
     fits = [_power_law_fit(lc, ly, samples[k, 0], samples[k, 1], ci) for k, ly in enumerate(laws(*mins_log))]
-    return IsoFLOPAnalysis(budgets=levels, minima=minima, n_opt=fits[0], d_opt=fits[1], loss_opt=fits[2],
-                           points=points, residual_std=float(np.sqrt(np.mean(resid**2))), n_boot=n_boot,
-                           failed_fraction=failed / n_boot)
+    return IsoFLOPAnalysis(
+        budgets=levels,
+        minima=minima,
+        n_opt=fits[0],
+        d_opt=fits[1],
+        loss_opt=fits[2],
+        points=points,
+        residual_std=float(np.sqrt(np.mean(resid**2))),
+        n_boot=n_boot,
+        failed_fraction=failed / n_boot,
+    )
 
 
 def huber(r: np.ndarray, delta: float) -> np.ndarray:
@@ -231,7 +256,7 @@ def _lse_terms(theta: np.ndarray, ln: np.ndarray, ld: np.ndarray) -> tuple[np.nd
 
     theta (..., 5) = (a, b, e, alpha, beta); returns (..., n) and (3, ..., n).
     """
-    a, b, e, alpha, beta = (theta[..., i:i + 1] for i in range(5))
+    a, b, e, alpha, beta = (theta[..., i : i + 1] for i in range(5))
     terms = np.stack(np.broadcast_arrays(a - alpha * ln, b - beta * ld, e + 0 * ln))  # (3, ..., n)
     m = terms.max(axis=0)
     ex = np.exp(terms - m)
@@ -239,8 +264,9 @@ def _lse_terms(theta: np.ndarray, ln: np.ndarray, ld: np.ndarray) -> tuple[np.nd
     return m + np.log(total), ex / total
 
 
-def _objective(theta: np.ndarray, ln: np.ndarray, ld: np.ndarray, ll: np.ndarray,
-               delta: float) -> tuple[float, np.ndarray]:
+def _objective(
+    theta: np.ndarray, ln: np.ndarray, ld: np.ndarray, ll: np.ndarray, delta: float
+) -> tuple[float, np.ndarray]:
     """Mean Huber loss of the log-space residuals and its gradient in theta = (a, b, e, alpha, beta)."""
     lse, w = _lse_terms(theta, ln, ld)
     r = lse - ll  # (n,)
@@ -250,8 +276,10 @@ def _objective(theta: np.ndarray, ln: np.ndarray, ld: np.ndarray, ll: np.ndarray
 
 
 CHINCHILLA_GRID = {  # Hoffmann et al. (2022), appendix D.2
-    "alpha": (0.0, 0.5, 1.0, 1.5, 2.0), "beta": (0.0, 0.5, 1.0, 1.5, 2.0),
-    "e": (-1.0, -0.5, 0.0, 0.5, 1.0), "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
+    "alpha": (0.0, 0.5, 1.0, 1.5, 2.0),
+    "beta": (0.0, 0.5, 1.0, 1.5, 2.0),
+    "e": (-1.0, -0.5, 0.0, 0.5, 1.0),
+    "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
     "b": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
 }
 
@@ -279,21 +307,43 @@ def _one_blas_thread():
 
 
 def _lbfgs(theta0: np.ndarray, args: tuple) -> tuple[np.ndarray, float]:
-    res = minimize(_objective, theta0, args=args, jac=True, method="L-BFGS-B",
-                   options={"maxiter": 2000, "gtol": 1e-12, "ftol": 1e-15})
+    res = minimize(
+        _objective,
+        theta0,
+        args=args,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 2000, "gtol": 1e-12, "ftol": 1e-15},
+    )
     return res.x, float(res.fun)
 
 
 def _law(theta: np.ndarray, name: str) -> ChinchillaLaw:
     a, b, e, alpha, beta = theta
-    return ChinchillaLaw(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)),
-                         alpha=float(alpha), beta=float(beta), name=name, source="fit_chinchilla")
+    return ChinchillaLaw(
+        E=float(np.exp(e)),
+        A=float(np.exp(a)),
+        B=float(np.exp(b)),
+        alpha=float(alpha),
+        beta=float(beta),
+        name=name,
+        source="fit_chinchilla",
+    )
 
 
-def fit_chinchilla(n_params: Any, n_tokens: Any, losses: Any, *, delta: float = 1e-3,
-                   grid: dict[str, tuple[float, ...]] | None = None, top_k: int | None = 64,
-                   n_boot: int = 0, ci: float = 0.95, seed: int = 0,
-                   name: str = "fit") -> ChinchillaFit:
+def fit_chinchilla(
+    n_params: Any,
+    n_tokens: Any,
+    losses: Any,
+    *,
+    delta: float = 1e-3,
+    grid: dict[str, tuple[float, ...]] | None = None,
+    top_k: int | None = 64,
+    n_boot: int = 0,
+    ci: float = 0.95,
+    seed: int = 0,
+    name: str = "fit",
+) -> ChinchillaFit:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta by Huber-in-log-space with L-BFGS from a grid.
 
     Every point of `grid` (default `CHINCHILLA_GRID`, 4,500 starts) is scored by the objective;
@@ -305,8 +355,9 @@ def fit_chinchilla(n_params: Any, n_tokens: Any, losses: Any, *, delta: float = 
     ld = np.log(_positive("n_tokens", n_tokens)).ravel()
     ll = np.log(_positive("losses", losses)).ravel()
     if not ln.size == ld.size == ll.size:
-        raise ValueError(f"n_params, n_tokens and losses must have the same length, "
-                         f"got {ln.size}, {ld.size}, {ll.size}")
+        raise ValueError(
+            f"n_params, n_tokens and losses must have the same length, got {ln.size}, {ld.size}, {ll.size}"
+        )
     if ln.size < 5:
         raise ValueError(f"five parameters need at least 5 points, got {ln.size}")
     _positive("delta", delta)
@@ -334,8 +385,21 @@ def fit_chinchilla(n_params: Any, n_tokens: Any, losses: Any, *, delta: float = 
             thetas[i] = _lbfgs(best_theta, (ln[idx], ld[idx], ll[idx], delta))[0]
     if n_boot > 0:
         alpha, beta = thetas[:, 3], thetas[:, 4]
-        boot = {"E": np.exp(thetas[:, 2]), "A": np.exp(thetas[:, 0]), "B": np.exp(thetas[:, 1]),
-                "alpha": alpha, "beta": beta, "n_exponent": beta / (alpha + beta)}
+        boot = {
+            "E": np.exp(thetas[:, 2]),
+            "A": np.exp(thetas[:, 0]),
+            "B": np.exp(thetas[:, 1]),
+            "alpha": alpha,
+            "beta": beta,
+            "n_exponent": beta / (alpha + beta),
+        }
         intervals = {k: _ci(v, ci) for k, v in boot.items()}
-    return ChinchillaFit(law=_law(best_theta, name), objective=best_f, n_points=int(ln.size),
-                         n_starts=len(starts), ci=ci, intervals=intervals, bootstrap=boot)
+    return ChinchillaFit(
+        law=_law(best_theta, name),
+        objective=best_f,
+        n_points=int(ln.size),
+        n_starts=len(starts),
+        ci=ci,
+        intervals=intervals,
+        bootstrap=boot,
+    )

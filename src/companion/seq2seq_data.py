@@ -19,12 +19,34 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
-          "October", "November", "December")
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _UNITS = ("", "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth")
-_TEENS = ("tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth",
-          "seventeenth", "eighteenth", "nineteenth")
+_TEENS = (
+    "tenth",
+    "eleventh",
+    "twelfth",
+    "thirteenth",
+    "fourteenth",
+    "fifteenth",
+    "sixteenth",
+    "seventeenth",
+    "eighteenth",
+    "nineteenth",
+)
 
 #: The source formats, with the date 2026-11-23 written in each.
 FORMATS: dict[str, str] = {
@@ -94,8 +116,7 @@ class DatePairs(NamedTuple):
     test: list[tuple[str, str]]
 
 
-def make_date_pairs(n_train: int, n_test: int, seed: int = 0,
-                    styles: Sequence[str] = tuple(FORMATS)) -> DatePairs:
+def make_date_pairs(n_train: int, n_test: int, seed: int = 0, styles: Sequence[str] = tuple(FORMATS)) -> DatePairs:
     """Draw distinct random dates in 1900..2099, each written in a random style.
 
     The test dates are never used in training (in any style), so test accuracy measures
@@ -194,8 +215,9 @@ def make_batch(pairs: Sequence[tuple[str, str]], src_vocab: CharVocab, tgt_vocab
     src_ids = _pad(src, src_vocab.pad_id)  # (B, S)
     tgt_in = _pad([[tgt_vocab.bos_id] + t for t in tgt], tgt_vocab.pad_id)  # (B, T)
     tgt_out = _pad([t + [tgt_vocab.eos_id] for t in tgt], IGNORE_INDEX)  # (B, T)
-    return Seq2SeqBatch(src_ids, (src_ids != src_vocab.pad_id).long(), tgt_in, tgt_out,
-                        (tgt_out != IGNORE_INDEX).long())
+    return Seq2SeqBatch(
+        src_ids, (src_ids != src_vocab.pad_id).long(), tgt_in, tgt_out, (tgt_out != IGNORE_INDEX).long()
+    )
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:

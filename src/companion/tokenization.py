@@ -17,8 +17,7 @@ import regex
 from companion.bpe import GPT2_PATTERN, BPETokenizer, bytes_to_unicode, pretokenize
 from companion.utils import read_json
 
-__all__ = ["CharTokenizer", "BPETokenizer", "GPT2_PATTERN", "bytes_to_unicode", "pretokenize",
-           "word_tokenize"]
+__all__ = ["CharTokenizer", "BPETokenizer", "GPT2_PATTERN", "bytes_to_unicode", "pretokenize", "word_tokenize"]
 
 _WORD_RE = regex.compile(r"[\p{L}\p{N}]+(?:'[\p{L}]+)*")
 
@@ -60,8 +59,10 @@ class CharTokenizer:
         except KeyError:
             for pos, c in enumerate(text):
                 if c not in stoi:
-                    raise ValueError(f"character {_describe(c)} at position {pos} is not in the "
-                                     f"vocabulary of {self.vocab_size} characters") from None
+                    raise ValueError(
+                        f"character {_describe(c)} at position {pos} is not in the "
+                        f"vocabulary of {self.vocab_size} characters"
+                    ) from None
             raise
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -71,15 +72,15 @@ class CharTokenizer:
         for pos, i in enumerate(ids):
             i = int(i)
             if not 0 <= i < len(chars):
-                raise ValueError(f"id {i} at position {pos} is outside the vocabulary "
-                                 f"(vocab_size {self.vocab_size})")
+                raise ValueError(f"id {i} at position {pos} is outside the vocabulary (vocab_size {self.vocab_size})")
             out.append(chars[i])
         return "".join(out)
 
     def save(self, path: str | Path) -> None:
         """Write the alphabet to a JSON file."""
-        Path(path).write_text(json.dumps({"format": "companion-char", "chars": self.chars},
-                                         ensure_ascii=False), encoding="utf-8")
+        Path(path).write_text(
+            json.dumps({"format": "companion-char", "chars": self.chars}, ensure_ascii=False), encoding="utf-8"
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:

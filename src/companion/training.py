@@ -74,13 +74,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         if self.attention_backend not in SDPA_BACKENDS:
-            raise ValueError(f"attention_backend must be one of {list(SDPA_BACKENDS)}, "
-                             f"got {self.attention_backend!r}")
+            raise ValueError(f"attention_backend must be one of {list(SDPA_BACKENDS)}, got {self.attention_backend!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.muon_lr <= 0 or not 0.0 <= self.muon_momentum < 1.0:
-            raise ValueError(f"need muon_lr > 0 and 0 <= muon_momentum < 1, got muon_lr={self.muon_lr}, "
-                             f"muon_momentum={self.muon_momentum}")
+            raise ValueError(
+                f"need muon_lr > 0 and 0 <= muon_momentum < 1, got muon_lr={self.muon_lr}, "
+                f"muon_momentum={self.muon_momentum}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         for name in ("steps", "batch_size", "block_size", "eval_steps", "grad_accum_steps", "log_interval"):
@@ -166,21 +167,34 @@ def check_fits(model: nn.Module, data: torch.Tensor, name: str, tokenizer: Any =
         tok_vocab = getattr(tokenizer, "vocab_size", None)
         tok_vocab = len(tokenizer) if tok_vocab is None else tok_vocab
         if tok_vocab > vocab:
-            raise ValueError(f"the tokenizer has {tok_vocab} tokens but the model's vocab_size is "
-                             f"{vocab}: make vocab_size >= {tok_vocab}")
+            raise ValueError(
+                f"the tokenizer has {tok_vocab} tokens but the model's vocab_size is "
+                f"{vocab}: make vocab_size >= {tok_vocab}"
+            )
     if data.numel() and int(data.max()) >= vocab:
-        raise ValueError(f"{name} holds token id {int(data.max())} but the model's vocab_size is "
-                         f"{vocab}: ids must be < vocab_size")
+        raise ValueError(
+            f"{name} holds token id {int(data.max())} but the model's vocab_size is {vocab}: ids must be < vocab_size"
+        )
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: torch.Tensor, cfg: TrainConfig,
-             objective: Objective | str = "clm", device: torch.device | None = None) -> float:
+def evaluate(
+    model: nn.Module,
+    data: torch.Tensor,
+    cfg: TrainConfig,
+    objective: Objective | str = "clm",
+    device: torch.device | None = None,
+) -> float:
     """Mean loss over `cfg.eval_steps` batches drawn with a fixed seed (same batches every call)."""
     obj = resolve_objective(objective, model)
     device = device or next(model.parameters()).device
-    sampler = BlockSampler(data, cfg.eval_batch_size or cfg.batch_size,
-                           obj.window_length(cfg.block_size), seed=cfg.seed + 1, name="val data")
+    sampler = BlockSampler(
+        data,
+        cfg.eval_batch_size or cfg.batch_size,
+        obj.window_length(cfg.block_size),
+        seed=cfg.seed + 1,
+        name="val data",
+    )
     was_training = model.training
     model.eval()
     total = 0.0
@@ -193,8 +207,9 @@ def evaluate(model: nn.Module, data: torch.Tensor, cfg: TrainConfig,
 
 
 @torch.no_grad()
-def evaluate_full(model: nn.Module, data: Any, block_size: int, batch_size: int = 64,
-                  cfg: TrainConfig | None = None) -> float:
+def evaluate_full(
+    model: nn.Module, data: Any, block_size: int, batch_size: int = 64, cfg: TrainConfig | None = None
+) -> float:
     """Next-token loss over ALL of `data`, cut into non-overlapping windows (no sampling noise).
 
     Every token after the first of each window is predicted once, from the tokens before it in
@@ -231,8 +246,12 @@ def precision_context(device: torch.device, cfg: TrainConfig) -> contextlib.Exit
         backend = "math" if device.type == "cpu" and cfg.dtype == "bf16" else None
     if backend is not None:
         from torch.nn.attention import SDPBackend, sdpa_kernel
-        names = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
-                 "efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+        names = {
+            "math": SDPBackend.MATH,
+            "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        }
         stack.enter_context(sdpa_kernel(names[backend]))
     return stack
 
@@ -247,10 +266,18 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
 
 
-def train(model: nn.Module, train_data: Any, val_data: Any, cfg: TrainConfig, *,
-          objective: Objective | str | Callable = "clm", resume_from: str | Path | None = None,
-          progress: bool = True, callback: Callable[[int, History], Any] | None = None,
-          tokenizer: Any = None) -> History:
+def train(
+    model: nn.Module,
+    train_data: Any,
+    val_data: Any,
+    cfg: TrainConfig,
+    *,
+    objective: Objective | str | Callable = "clm",
+    resume_from: str | Path | None = None,
+    progress: bool = True,
+    callback: Callable[[int, History], Any] | None = None,
+    tokenizer: Any = None,
+) -> History:
     """Train `model` on token ids `train_data`, evaluating on `val_data` (may be None).
 
     `objective`: "clm" (next token), "mlm" (from model.config.mask_token_id), an `Objective`
@@ -286,17 +313,22 @@ def train(model: nn.Module, train_data: Any, val_data: Any, cfg: TrainConfig, *,
     obj.check_vocab(_vocab_size(model) or 2**62)
 
     from companion.distributed import micro_batches, process_group, wrap_ddp
+
     rank, world_size = process_group()
     n_micro = world_size * cfg.grad_accum_steps
     if n_micro > 1:
         if obj.extra_tokens != 1:
-            raise ValueError(f"gradient accumulation and data parallelism need a next-token objective, "
-                             f"got {obj.name!r}: the micro-batches of a masked LM hold different "
-                             "numbers of targets, so their mean losses do not add up to the batch's")
+            raise ValueError(
+                f"gradient accumulation and data parallelism need a next-token objective, "
+                f"got {obj.name!r}: the micro-batches of a masked LM hold different "
+                "numbers of targets, so their mean losses do not add up to the batch's"
+            )
         if cfg.batch_size % n_micro:
-            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by world_size {world_size} x "
-                             f"grad_accum_steps {cfg.grad_accum_steps} = {n_micro}: every micro-batch "
-                             "needs the same number of rows")
+            raise ValueError(
+                f"batch_size {cfg.batch_size} is not divisible by world_size {world_size} x "
+                f"grad_accum_steps {cfg.grad_accum_steps} = {n_micro}: every micro-batch "
+                "needs the same number of rows"
+            )
 
     set_seed(cfg.seed)  # the same on every rank: the ranks draw the same global batches
     model.to(device).train()
@@ -306,8 +338,10 @@ def train(model: nn.Module, train_data: Any, val_data: Any, cfg: TrainConfig, *,
     if resume_from is not None:
         saved = (read_meta(resume_from).get("train_config") or {}).get("optimizer", "adamw")
         if saved != cfg.optimizer:
-            raise ValueError(f"checkpoint {resume_from} was trained with optimizer {saved!r}; resume it "
-                             f"with optimizer={saved!r}, not {cfg.optimizer!r}")
+            raise ValueError(
+                f"checkpoint {resume_from} was trained with optimizer {saved!r}; resume it "
+                f"with optimizer={saved!r}, not {cfg.optimizer!r}"
+            )
         meta = load_checkpoint(resume_from, model, optimizer)
         sampler.load_state_dict(meta["data_state"])
         set_rng_state(meta["rng"])
@@ -334,9 +368,17 @@ def train(model: nn.Module, train_data: Any, val_data: Any, cfg: TrainConfig, *,
 
     def checkpoint(step: int, snap: tuple) -> None:
         if cfg.out_dir is not None and rank == 0:
-            save_checkpoint(cfg.out_dir, model, optimizer, step=step, train_config=cfg.to_dict(),
-                            data_state=snap[0], rng=snap[1], history=history.to_dict(),
-                            extra={"objective": obj.name})
+            save_checkpoint(
+                cfg.out_dir,
+                model,
+                optimizer,
+                step=step,
+                train_config=cfg.to_dict(),
+                data_state=snap[0],
+                rng=snap[1],
+                history=history.to_dict(),
+                extra={"objective": obj.name},
+            )
 
     tokens = cfg.batch_size * cfg.block_size
     bar = _progress(cfg.steps, start, progress and rank == 0)
@@ -358,8 +400,7 @@ def train(model: nn.Module, train_data: Any, val_data: Any, cfg: TrainConfig, *,
                 # of the gradients until the last micro-batch
                 with no_sync:
                     with precision_context(device, cfg):
-                        loss = model_loss(run_model, xm.to(device, non_blocking=True),
-                                          ym.to(device, non_blocking=True))
+                        loss = model_loss(run_model, xm.to(device, non_blocking=True), ym.to(device, non_blocking=True))
                     if cfg.grad_accum_steps > 1:
                         loss = loss / cfg.grad_accum_steps
                     loss.backward()  # adds to .grad; under DDP, averaged over the ranks at the last one
@@ -367,12 +408,16 @@ def train(model: nn.Module, train_data: Any, val_data: Any, cfg: TrainConfig, *,
             if world_size > 1:  # the mean loss over the global batch, for the history
                 torch.distributed.all_reduce(loss_sum)
                 loss_sum /= world_size
-            norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    if cfg.grad_clip > 0 else torch.tensor(float("nan")))
+            norm = (
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if cfg.grad_clip > 0
+                else torch.tensor(float("nan"))
+            )
             loss_value = loss_sum.item()
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at step {step + 1}: lower lr "
-                                         f"(now {lr:.2e}) or check the data and model")
+                raise FloatingPointError(
+                    f"loss is {loss_value} at step {step + 1}: lower lr (now {lr:.2e}) or check the data and model"
+                )
             updating = True  # from here until `updating = False` the state is not saveable
             optimizer.step()
             history.step.append(step + 1)

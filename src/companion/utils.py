@@ -73,8 +73,7 @@ def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
                 flags = set(value.split())
     except OSError:  # not Linux: the flags are unknown
         return {"model": model, "cpus": os.cpu_count(), "bf16_flags": None}
-    return {"model": model, "cpus": os.cpu_count(),
-            "bf16_flags": [f for f in BF16_CPU_FLAGS if f in flags]}
+    return {"model": model, "cpus": os.cpu_count(), "bf16_flags": [f for f in BF16_CPU_FLAGS if f in flags]}
 
 
 def describe_cpu(info: dict | None = None) -> str:

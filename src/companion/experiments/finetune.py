@@ -58,8 +58,13 @@ from companion.training import TrainConfig, train
 from companion.utils import set_seed
 
 DEFAULT_OUT = committed("finetune")  # the full run the chapter reads (written only with --out)
-SHORT_NAMES = {"bow": "bag of\nwords", "scratch": "GPT from\nscratch", "minilm_probe": "MiniLM\nprobe",
-               "finetune_head": "pre-trained GPT,\nhead only", "finetune_full": "pre-trained GPT,\nfully fine-tuned"}
+SHORT_NAMES = {
+    "bow": "bag of\nwords",
+    "scratch": "GPT from\nscratch",
+    "minilm_probe": "MiniLM\nprobe",
+    "finetune_head": "pre-trained GPT,\nhead only",
+    "finetune_full": "pre-trained GPT,\nfully fine-tuned",
+}
 
 METHODS: dict[str, str] = {
     "bow": "bag-of-words logistic regression",
@@ -116,8 +121,14 @@ class ExperimentConfig:
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The GPT used for pre-training, fine-tuning and training from scratch."""
-        return GPTConfig(vocab_size=vocab_size, block_size=self.max_len, n_layers=self.n_layers,
-                         n_heads=self.n_heads, d_model=self.d_model, dropout=0.0)
+        return GPTConfig(
+            vocab_size=vocab_size,
+            block_size=self.max_len,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            d_model=self.d_model,
+            dropout=0.0,
+        )
 
     def finetune_steps(self, n: int) -> int:
         """Optimizer steps for n labelled examples: `epochs` passes, at least `min_steps`."""
@@ -131,14 +142,38 @@ class ExperimentConfig:
 PRESETS: dict[str, ExperimentConfig] = {
     "full": ExperimentConfig(),
     # what the chapter's notebook runs live: one seed, two label counts, a short pre-training
-    "notebook": ExperimentConfig(name="notebook", corpus_chars=4_000_000, vocab_size=4096, n_layers=2, n_heads=4,
-                                 d_model=64, pretrain_steps=300, label_counts=(100, 1000), seeds=(0,),
-                                 min_steps=100, test_limit=400),
+    "notebook": ExperimentConfig(
+        name="notebook",
+        corpus_chars=4_000_000,
+        vocab_size=4096,
+        n_layers=2,
+        n_heads=4,
+        d_model=64,
+        pretrain_steps=300,
+        label_counts=(100, 1000),
+        seeds=(0,),
+        min_steps=100,
+        test_limit=400,
+    ),
     # a smoke test: every code path in seconds, numbers meaningless
-    "tiny": ExperimentConfig(name="tiny", corpus_chars=300_000, vocab_size=2000, max_len=32, test_limit=100,
-                             n_layers=1, n_heads=2, d_model=32, pretrain_steps=30, pretrain_batch_size=16,
-                             pretrain_warmup=5, label_counts=(40, 80), seeds=(0, 1), min_steps=10, epochs=1.0,
-                             batch_size=16),
+    "tiny": ExperimentConfig(
+        name="tiny",
+        corpus_chars=300_000,
+        vocab_size=2000,
+        max_len=32,
+        test_limit=100,
+        n_layers=1,
+        n_heads=2,
+        d_model=32,
+        pretrain_steps=30,
+        pretrain_batch_size=16,
+        pretrain_warmup=5,
+        label_counts=(40, 80),
+        seeds=(0, 1),
+        min_steps=10,
+        epochs=1.0,
+        batch_size=16,
+    ),
 }
 
 
@@ -170,9 +205,18 @@ def pretrain(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> tuple
     log(f"vocabulary {len(vocab)} words; corpus {len(ids):,} tokens ({time.perf_counter() - t0:.1f} s)")
     set_seed(0)
     model = GPT(cfg.model_config(len(vocab)))
-    tcfg = TrainConfig(steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch_size, block_size=cfg.max_len,
-                       lr=cfg.pretrain_lr, min_lr=cfg.pretrain_lr / 10, warmup_steps=cfg.pretrain_warmup,
-                       eval_interval=max(1, cfg.pretrain_steps // 10), eval_steps=10, seed=0, device="cpu")
+    tcfg = TrainConfig(
+        steps=cfg.pretrain_steps,
+        batch_size=cfg.pretrain_batch_size,
+        block_size=cfg.max_len,
+        lr=cfg.pretrain_lr,
+        min_lr=cfg.pretrain_lr / 10,
+        warmup_steps=cfg.pretrain_warmup,
+        eval_interval=max(1, cfg.pretrain_steps // 10),
+        eval_steps=10,
+        seed=0,
+        device="cpu",
+    )
     every = max(1, cfg.pretrain_steps // 5)
 
     def report(step: int, h) -> None:  # returns None: never stops training
@@ -181,13 +225,20 @@ def pretrain(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> tuple
 
     history = train(model, train_ids, val_ids, tcfg, objective="clm", progress=False, callback=report)
     unk = float((train_ids == vocab.unk_id).float().mean())
-    info = {"corpus_tokens": len(ids), "train_tokens": len(train_ids), "unk_rate": round(unk, 4),
-            "tokens_seen": cfg.pretrain_steps * cfg.pretrain_batch_size * cfg.max_len,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "eval_step": history.eval_step, "val_loss": [round(v, 4) for v in history.val_loss],
-            "seconds": round(history.wall_time[-1], 1) if history.wall_time else 0.0}
-    log(f"pre-trained {info['parameters']:,} parameters on {info['tokens_seen']:,} tokens: "
-        f"val loss {history.val_loss[0]:.2f} -> {history.val_loss[-1]:.2f} in {info['seconds']:.0f} s")
+    info = {
+        "corpus_tokens": len(ids),
+        "train_tokens": len(train_ids),
+        "unk_rate": round(unk, 4),
+        "tokens_seen": cfg.pretrain_steps * cfg.pretrain_batch_size * cfg.max_len,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "eval_step": history.eval_step,
+        "val_loss": [round(v, 4) for v in history.val_loss],
+        "seconds": round(history.wall_time[-1], 1) if history.wall_time else 0.0,
+    }
+    log(
+        f"pre-trained {info['parameters']:,} parameters on {info['tokens_seen']:,} tokens: "
+        f"val loss {history.val_loss[0]:.2f} -> {history.val_loss[-1]:.2f} in {info['seconds']:.0f} s"
+    )
     return model, vocab, info
 
 
@@ -196,8 +247,9 @@ def _run_seed(cfg: ExperimentConfig, method: str, n_idx: list[int], seed: int, c
     tr_texts, y = ctx["train_texts"], [ctx["train_labels"][i] for i in n_idx]
     if method == "bow":
         vocab = WordVocab.build([tr_texts[i] for i in n_idx])
-        model = fit_bag_of_words(encode_texts(vocab, [tr_texts[i] for i in n_idx], cfg.max_len), y, len(vocab),
-                                 l2=cfg.bow_l2)
+        model = fit_bag_of_words(
+            encode_texts(vocab, [tr_texts[i] for i in n_idx], cfg.max_len), y, len(vocab), l2=cfg.bow_l2
+        )
         with torch.no_grad():
             return model(encode_texts(vocab, ctx["test_texts"], cfg.max_len)).argmax(1).tolist()
     if method in ("minilm_probe", "finetune_head"):
@@ -213,14 +265,16 @@ def _run_seed(cfg: ExperimentConfig, method: str, n_idx: list[int], seed: int, c
         base, lr = ctx["gpt"], cfg.lr_full
     clf = set_dropout(SequenceClassifier(base, 2, pooling=cfg.pooling), cfg.dropout)  # body too
     steps = cfg.finetune_steps(len(n_idx))
-    fcfg = FinetuneConfig(steps=steps, batch_size=cfg.batch_size, lr=lr, head_lr=cfg.head_lr,
-                          warmup_steps=max(1, steps // 10), seed=seed)
+    fcfg = FinetuneConfig(
+        steps=steps, batch_size=cfg.batch_size, lr=lr, head_lr=cfg.head_lr, warmup_steps=max(1, steps // 10), seed=seed
+    )
     fit_classifier(clf, [ctx["train_seqs"][i] for i in n_idx], y, fcfg)
     return predict_logits(clf, ctx["test_seqs"]).argmax(1).tolist()
 
 
-def _oov_rates(train_texts: list[str], subsets: dict[int, list[int]], test_texts: list[str],
-               vocab: WordVocab) -> dict[str, float]:
+def _oov_rates(
+    train_texts: list[str], subsets: dict[int, list[int]], test_texts: list[str], vocab: WordVocab
+) -> dict[str, float]:
     """Fraction of test word tokens never seen in the labelled sentences, and outside the LM vocabulary."""
     test_words = [w for t in test_texts for w in simple_tokenize(t)]
     out = {}
@@ -231,8 +285,12 @@ def _oov_rates(train_texts: list[str], subsets: dict[int, list[int]], test_texts
     return out
 
 
-def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, command: str = "",
-                   pretrained: tuple[GPT, WordVocab, dict[str, Any]] | None = None) -> dict[str, Any]:
+def run_experiment(
+    cfg: ExperimentConfig,
+    log: Callable[[str], None] = print,
+    command: str = "",
+    pretrained: tuple[GPT, WordVocab, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Run every method, label count and seed; return the JSON-friendly result.
 
     `pretrained`: the (model, vocabulary, info) that `pretrain(cfg)` returned, to reuse it
@@ -274,7 +332,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, co
         emb = sentence_embeddings(encoder, tokenizer, [train_texts[i] for i in used] + test_texts)
         feats = torch.zeros(len(train_texts), emb.shape[1])
         feats[used] = emb[: len(used)]
-        ctx["minilm"] = {"train": feats, "test": emb[len(used):]}
+        ctx["minilm"] = {"train": feats, "test": emb[len(used) :]}
         phases["minilm_embeddings"] = time.perf_counter() - t
         log(f"MiniLM embedded {emb.shape[0]:,} sentences in {phases['minilm_embeddings']:.0f} s")
 
@@ -288,8 +346,12 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, co
                 accs.append(accuracy(pred, test_labels))
                 f1s.append(macro_f1(pred, test_labels))
             mean, std = mean_std(accs)
-            results[method][str(n)] = {"accuracy": [round(a, 4) for a in accs], "macro_f1": [round(f, 4) for f in f1s],
-                                       "mean": round(mean, 4), "std": round(std, 4)}
+            results[method][str(n)] = {
+                "accuracy": [round(a, 4) for a in accs],
+                "macro_f1": [round(f, 4) for f in f1s],
+                "mean": round(mean, 4),
+                "std": round(std, 4),
+            }
             log(f"{method:>14} n={n:>5}: {100 * mean:5.1f} ± {100 * std:4.1f} %")
         phases[method] = time.perf_counter() - t
 
@@ -304,16 +366,22 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, co
         "test_size": len(test_texts),
         "pretraining": pre_info,
         "oov": _oov_rates(train_texts, {n: subsets[(n, cfg.seeds[0])] for n in counts}, test_texts, ctx["vocab"])
-        if "vocab" in ctx else None,
+        if "vocab" in ctx
+        else None,
         "results": results,
-        "metadata": {"wall_seconds": round(time.perf_counter() - t_start, 1),
-                     "cpu_seconds": round(time.process_time() - cpu_start, 1),
-                     "phase_seconds": {k: round(v, 1) for k, v in phases.items()},
-                     "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                     "torch_version": torch.__version__, "python_version": platform.python_version(),
-                     "platform": platform.platform(), "cpu_count": os.cpu_count(),
-                     "torch_threads": torch.get_num_threads(), "load_average_before": load_before,
-                     "load_average_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+        "metadata": {
+            "wall_seconds": round(time.perf_counter() - t_start, 1),
+            "cpu_seconds": round(time.process_time() - cpu_start, 1),
+            "phase_seconds": {k: round(v, 1) for k, v in phases.items()},
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        },
     }
 
 
@@ -388,11 +456,16 @@ def plot_accuracy_bars(result: dict[str, Any], n: int | None = None, ax=None, ti
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: run a preset and write its JSON."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m companion.experiments.finetune",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m companion.experiments.finetune", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    parser.add_argument("--out", default=None, help="JSON path (default: finetune_<preset>.json in the current "
-                        f"folder; the committed result is {DEFAULT_OUT})")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default: finetune_<preset>.json in the current "
+        f"folder; the committed result is {DEFAULT_OUT})",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
     args = parser.parse_args(argv)

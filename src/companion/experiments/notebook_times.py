@@ -248,9 +248,7 @@ def markdown_table(result: dict[str, Any]) -> str:
             status = "**timed out**"
         else:
             status = "**failed**"
-        lines.append(
-            f"| `{row['notebook']}` | {row['title']} | {wall} | {peak_mb(row):,.0f} MB | {load} | {status} |"
-        )
+        lines.append(f"| `{row['notebook']}` | {row['title']} | {wall} | {peak_mb(row):,.0f} MB | {load} | {status} |")
     total = sum(r["wall_s"] for r in result["notebooks"])
     m = result["machine"]
     lines += [
@@ -272,10 +270,18 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: notebooks/*.ipynb)")
-    parser.add_argument("--out", type=Path, default=Path("notebook_times.json"),
-                        help=f"JSON output (default: ./notebook_times.json; the committed one is {DEFAULT_OUT})")
-    parser.add_argument("--markdown", type=Path, default=None,
-                        help=f"Markdown table output (default: --out with .md; the book includes {DEFAULT_MARKDOWN})")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("notebook_times.json"),
+        help=f"JSON output (default: ./notebook_times.json; the committed one is {DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help=f"Markdown table output (default: --out with .md; the book includes {DEFAULT_MARKDOWN})",
+    )
     parser.add_argument("--no-markdown", action="store_true", help="do not write the Markdown file")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default 1800)")
     parser.add_argument(

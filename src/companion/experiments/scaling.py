@@ -76,8 +76,10 @@ class SweepConfig:
             raise ValueError(f"budgets must be positive, got {self.budgets}")
         for w in self.windows:
             if w < 0 or w + self.sizes_per_budget > len(self.shapes):
-                raise ValueError(f"window starting at shape {w} with {self.sizes_per_budget} sizes "
-                                 f"runs past the {len(self.shapes)} shapes")
+                raise ValueError(
+                    f"window starting at shape {w} with {self.sizes_per_budget} sizes "
+                    f"runs past the {len(self.shapes)} shapes"
+                )
 
     def lr_for(self, d_model: int) -> float:
         """Peak learning rate of a model of width d_model: lr_ref * sqrt(d_ref / d_model)."""
@@ -85,8 +87,14 @@ class SweepConfig:
 
     def model_config(self, n_layers: int, d_model: int) -> GPTConfig:
         """The GPTConfig of one rung of the ladder."""
-        return GPTConfig(vocab_size=self.vocab_size, block_size=self.block_size, n_layers=n_layers,
-                         n_heads=max(1, d_model // self.d_head), d_model=d_model, dropout=0.0)
+        return GPTConfig(
+            vocab_size=self.vocab_size,
+            block_size=self.block_size,
+            n_layers=n_layers,
+            n_heads=max(1, d_model // self.d_head),
+            d_model=d_model,
+            dropout=0.0,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict."""
@@ -99,13 +107,30 @@ class SweepConfig:
 _LADDER = ((1, 16), (1, 24), (1, 32), (2, 32), (2, 40), (2, 48), (2, 64), (3, 64), (3, 80), (4, 96))
 
 PRESETS: dict[str, SweepConfig] = {
-    "full": SweepConfig(name="full", shapes=_LADDER, batch_size=16,
-                        budgets=(1e11, 2.2e11, 4.6e11, 1e12), windows=(0, 1, 1, 2),
-                        sizes_per_budget=8),
-    "tiny": SweepConfig(name="tiny", corpus="shakespeare", corpus_chars=200_000, bpe_chars=50_000,
-                        vocab_size=300, block_size=32, batch_size=8,
-                        shapes=((1, 16), (1, 32), (2, 32)), budgets=(3e8, 1.5e9), windows=(0, 0),
-                        sizes_per_budget=3, eval_batches=4, eval_batch_size=16, curve_points=8),
+    "full": SweepConfig(
+        name="full",
+        shapes=_LADDER,
+        batch_size=16,
+        budgets=(1e11, 2.2e11, 4.6e11, 1e12),
+        windows=(0, 1, 1, 2),
+        sizes_per_budget=8,
+    ),
+    "tiny": SweepConfig(
+        name="tiny",
+        corpus="shakespeare",
+        corpus_chars=200_000,
+        bpe_chars=50_000,
+        vocab_size=300,
+        block_size=32,
+        batch_size=8,
+        shapes=((1, 16), (1, 32), (2, 32)),
+        budgets=(3e8, 1.5e9),
+        windows=(0, 0),
+        sizes_per_budget=3,
+        eval_batches=4,
+        eval_batch_size=16,
+        curve_points=8,
+    ),
 }
 
 # Fields that do not change what one run computes: runs with these alone differing can be reused.
@@ -133,7 +158,7 @@ def plan_runs(cfg: SweepConfig) -> list[RunPlan]:
     tokens_per_step = cfg.batch_size * cfg.block_size
     plans = []
     for budget, first in zip(cfg.budgets, cfg.windows):
-        for n_layers, d_model in cfg.shapes[first:first + cfg.sizes_per_budget]:
+        for n_layers, d_model in cfg.shapes[first : first + cfg.sizes_per_budget]:
             n = gpt_parameters(cfg.model_config(n_layers, d_model)).non_embedding
             steps = max(1, round(budget / (6 * n) / tokens_per_step))
             plans.append(RunPlan(budget, n_layers, d_model, n, steps))
@@ -154,8 +179,8 @@ def prepare_data(cfg: SweepConfig) -> SweepData:
     """Train the byte-level BPE on the start of the corpus, encode it all, split train/val."""
     text = load_corpus(cfg.corpus)
     if cfg.corpus_chars is not None:
-        text = text[:cfg.corpus_chars]
-    tokenizer = BPETokenizer.train(text[:cfg.bpe_chars], cfg.vocab_size)
+        text = text[: cfg.corpus_chars]
+    tokenizer = BPETokenizer.train(text[: cfg.bpe_chars], cfg.vocab_size)
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)  # (n_tokens,)
     n_val = max(cfg.block_size + 1, int(len(ids) * cfg.val_fraction))
     return SweepData(train=ids[:-n_val], val=ids[-n_val:], chars=len(text), tokenizer=tokenizer)
@@ -178,11 +203,20 @@ def run_one(plan: RunPlan, data: SweepData, cfg: SweepConfig, device: str = "cpu
     gcfg = cfg.model_config(plan.n_layers, plan.d_model)
     counts = gpt_parameters(gcfg)
     lr = cfg.lr_for(plan.d_model)
-    tc = TrainConfig(steps=plan.steps, batch_size=cfg.batch_size, block_size=cfg.block_size, lr=lr,
-                     min_lr=lr * cfg.min_lr_ratio,
-                     warmup_steps=max(1, round(cfg.warmup_fraction * plan.steps)),
-                     weight_decay=cfg.weight_decay, eval_interval=0, eval_steps=cfg.eval_batches,
-                     eval_batch_size=cfg.eval_batch_size, device=device, seed=cfg.seed)
+    tc = TrainConfig(
+        steps=plan.steps,
+        batch_size=cfg.batch_size,
+        block_size=cfg.block_size,
+        lr=lr,
+        min_lr=lr * cfg.min_lr_ratio,
+        warmup_steps=max(1, round(cfg.warmup_fraction * plan.steps)),
+        weight_decay=cfg.weight_decay,
+        eval_interval=0,
+        eval_steps=cfg.eval_batches,
+        eval_batch_size=cfg.eval_batch_size,
+        device=device,
+        seed=cfg.seed,
+    )
     set_seed(cfg.seed)
     model = GPT(gcfg)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -191,15 +225,23 @@ def run_one(plan: RunPlan, data: SweepData, cfg: SweepConfig, device: str = "cpu
     val_loss = evaluate(model, data.val, tc, device=torch.device(device))
     tokens = plan.steps * cfg.batch_size * cfg.block_size  # D actually trained on
     return {
-        "key": plan.key, "budget": plan.budget,
-        "n_layers": plan.n_layers, "d_model": plan.d_model, "n_heads": gcfg.n_heads,
-        "d_ff": gcfg.d_ff, "n_params": plan.n_params, "n_params_total": counts.total,
-        "tokens": tokens, "steps": plan.steps,
+        "key": plan.key,
+        "budget": plan.budget,
+        "n_layers": plan.n_layers,
+        "d_model": plan.d_model,
+        "n_heads": gcfg.n_heads,
+        "d_ff": gcfg.d_ff,
+        "n_params": plan.n_params,
+        "n_params_total": counts.total,
+        "tokens": tokens,
+        "steps": plan.steps,
         "flops": 6 * plan.n_params * tokens,  # C = 6 N D, N non-embedding
         "flops_with_attention": 3 * forward_flops_per_token(gcfg, cfg.block_size) * tokens,
         "flops_total_params": 6 * counts.total * tokens,  # as if every parameter cost 6 FLOPs/token
-        "lr": lr, "warmup_steps": tc.warmup_steps,
-        "val_loss": round(val_loss, 5), "final_train_loss": round(history.train_loss[-1], 5),
+        "lr": lr,
+        "warmup_steps": tc.warmup_steps,
+        "val_loss": round(val_loss, 5),
+        "final_train_loss": round(history.train_loss[-1], 5),
         "train_seconds": round(train_s, 2),  # wall clock
         "train_cpu_seconds": round(cpu_s, 2),  # CPU time of this process (all its threads)
         "tokens_per_second": round(tokens / train_s, 1),
@@ -209,17 +251,25 @@ def run_one(plan: RunPlan, data: SweepData, cfg: SweepConfig, device: str = "cpu
 
 def _metadata(cfg: SweepConfig, command: str, data: SweepData | None) -> dict[str, Any]:
     meta = {
-        "command": command, "preset": cfg.name,
+        "command": command,
+        "preset": cfg.name,
         "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "torch_version": torch.__version__, "python_version": platform.python_version(),
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
     if data is not None:
-        meta.update(train_tokens=len(data.train), val_tokens=len(data.val), corpus_chars=data.chars,
-                    chars_per_token=round(data.chars / (len(data.train) + len(data.val)), 4),
-                    unigram_entropy=round(unigram_entropy(data.train, data.val), 4))
+        meta.update(
+            train_tokens=len(data.train),
+            val_tokens=len(data.val),
+            corpus_chars=data.chars,
+            chars_per_token=round(data.chars / (len(data.train) + len(data.val)), 4),
+            unigram_entropy=round(unigram_entropy(data.train, data.val), 4),
+        )
     return meta
 
 
@@ -241,8 +291,15 @@ def _write(path: Path, result: dict[str, Any]) -> None:
     tmp.replace(path)  # atomic: a reader never sees half a file
 
 
-def run_sweep(cfg: SweepConfig, out: str | Path, *, command: str = "", device: str = "cpu",
-              resume: bool = False, verbose: bool = True) -> dict[str, Any]:
+def run_sweep(
+    cfg: SweepConfig,
+    out: str | Path,
+    *,
+    command: str = "",
+    device: str = "cpu",
+    resume: bool = False,
+    verbose: bool = True,
+) -> dict[str, Any]:
     """Run every planned run (skipping those already in `out` when resume=True) and write `out`.
 
     The JSON is rewritten after every run, with "complete": false until the last one.
@@ -261,16 +318,25 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, command: str = "", device: s
     data = prepare_data(cfg)
     data_s = time.perf_counter() - t0
     if verbose:
-        print(f"data: {len(data.train):,} train / {len(data.val):,} val tokens "
-              f"({data.chars / (len(data.train) + len(data.val)):.2f} chars per token), "
-              f"{data_s:.1f} s", flush=True)
+        print(
+            f"data: {len(data.train):,} train / {len(data.val):,} val tokens "
+            f"({data.chars / (len(data.train) + len(data.val)):.2f} chars per token), "
+            f"{data_s:.1f} s",
+            flush=True,
+        )
     plans = plan_runs(cfg)
     meta = _metadata(cfg, command, data)
     if old_meta is not None:  # keep how the sweep was started; note each resumption
         resumed = old_meta.get("resumed", []) + [{"command": command, "date_utc": meta["date_utc"]}]
         meta.update(command=old_meta["command"], date_utc=old_meta["date_utc"], resumed=resumed)
-    result = {"format": FORMAT, "version": FORMAT_VERSION, "complete": False,
-              "config": cfg.to_dict(), "metadata": meta, "runs": []}
+    result = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "complete": False,
+        "config": cfg.to_dict(),
+        "metadata": meta,
+        "runs": [],
+    }
     for i, plan in enumerate(plans):
         record = done.get(plan.key) or run_one(plan, data, cfg, device)
         result["runs"].append(record)
@@ -279,20 +345,28 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, command: str = "", device: s
         result["metadata"]["wall_seconds"] = round(elapsed_before + time.perf_counter() - t_start, 1)
         _write(out, result)
         if verbose:
-            print(f"[{i + 1}/{len(plans)}] C={plan.budget:.2g} L={plan.n_layers} d={plan.d_model} "
-                  f"N={plan.n_params:,} steps={plan.steps} val={record['val_loss']:.4f} "
-                  f"({record['train_seconds']:.0f} s)", flush=True)
+            print(
+                f"[{i + 1}/{len(plans)}] C={plan.budget:.2g} L={plan.n_layers} d={plan.d_model} "
+                f"N={plan.n_params:,} steps={plan.steps} val={record['val_loss']:.4f} "
+                f"({record['train_seconds']:.0f} s)",
+                flush=True,
+            )
     return result
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line: python -m companion.experiments.scaling [--preset full|tiny] [--out PATH]."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m companion.experiments.scaling",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m companion.experiments.scaling", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    parser.add_argument("--out", default=None, help="JSON to write (default: scaling_<preset>.json in the "
-                        "the full preset, scaling_<preset>.json in the current folder otherwise)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSON to write (default: scaling_<preset>.json in the "
+        "the full preset, scaling_<preset>.json in the current folder otherwise)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --out")
     parser.add_argument("--plan", action="store_true", help="print the runs and exit")
@@ -305,8 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     out = args.out or default_out("scaling", args.preset)
     command = " ".join(["python -m companion.experiments.scaling", *argv])
-    return run_sweep(cfg, out, command=command, device=args.device, resume=args.resume,
-                     verbose=not args.quiet)
+    return run_sweep(cfg, out, command=command, device=args.device, resume=args.resume, verbose=not args.quiet)
 
 
 if __name__ == "__main__":

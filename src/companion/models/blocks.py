@@ -58,8 +58,9 @@ def check_shape_config(config: object, positive: tuple[str, ...]) -> None:
 class FeedForward(nn.Module):
     """Position-wise MLP: Linear(d_model -> d_ff), activation, Linear(d_ff -> d_model), dropout."""
 
-    def __init__(self, d_model: int, d_ff: int, *, activation: str = "gelu_tanh",
-                 dropout: float = 0.0, bias: bool = True):
+    def __init__(
+        self, d_model: int, d_ff: int, *, activation: str = "gelu_tanh", dropout: float = 0.0, bias: bool = True
+    ):
         super().__init__()
         self.fc_in = nn.Linear(d_model, d_ff, bias=bias)
         self.act = make_activation(activation)
@@ -79,9 +80,19 @@ class TransformerBlock(nn.Module):
     ``norm="post"``: x = LN(x + Attn(x));  x = LN(x + Cross(x, context));  x = LN(x + FFN(x))
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int | None = None, *, dropout: float = 0.0,
-                 bias: bool = True, norm: str = "pre", layer_norm_eps: float = 1e-5,
-                 activation: str = "gelu_tanh", cross_attention: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int | None = None,
+        *,
+        dropout: float = 0.0,
+        bias: bool = True,
+        norm: str = "pre",
+        layer_norm_eps: float = 1e-5,
+        activation: str = "gelu_tanh",
+        cross_attention: bool = False,
+    ):
         super().__init__()
         check_norm(norm)
         d_ff = 4 * d_model if d_ff is None else d_ff
@@ -104,11 +115,18 @@ class TransformerBlock(nn.Module):
             return x + branch(ln(x))
         return ln(x + branch(x))
 
-    def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None,
-                key_padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                is_causal: bool = False, context_padding_mask: torch.Tensor | None = None,
-                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None, use_cache: bool = False,
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        context: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        context_padding_mask: torch.Tensor | None = None,
+        past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """x (B, T, d_model) -> (x (B, T, d_model), kv of the self-attention if use_cache else None).
 
         key_padding_mask: (B, S_past + T), 1 = real token (HF convention), for self-attention.
@@ -118,8 +136,14 @@ class TransformerBlock(nn.Module):
 
         def self_attention(h: torch.Tensor) -> torch.Tensor:
             nonlocal kv
-            a = self.attn(h, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                          is_causal=is_causal, past_kv=past_kv, use_cache=use_cache)
+            a = self.attn(
+                h,
+                attn_mask=attn_mask,
+                key_padding_mask=key_padding_mask,
+                is_causal=is_causal,
+                past_kv=past_kv,
+                use_cache=use_cache,
+            )
             kv = a.kv
             return self.attn_drop(a.out)  # (B, T, d_model)
 

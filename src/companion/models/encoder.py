@@ -47,8 +47,9 @@ class EncoderConfig:
     def __post_init__(self):
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        check_shape_config(self, ("vocab_size", "block_size", "n_layers", "n_heads", "d_model", "d_ff",
-                                  "type_vocab_size"))
+        check_shape_config(
+            self, ("vocab_size", "block_size", "n_layers", "n_heads", "d_model", "d_ff", "type_vocab_size")
+        )
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"EncoderConfig.pad_token_id must be in [0, {self.vocab_size}), got {self.pad_token_id!r}")
 
@@ -74,15 +75,27 @@ class Encoder(nn.Module):
         self.ln_emb = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps, bias=c.bias) if post else nn.Identity()
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(c.d_model, c.n_heads, c.d_ff, dropout=c.dropout, bias=c.bias, norm=c.norm,
-                             layer_norm_eps=c.layer_norm_eps, activation=c.activation)
+            TransformerBlock(
+                c.d_model,
+                c.n_heads,
+                c.d_ff,
+                dropout=c.dropout,
+                bias=c.bias,
+                norm=c.norm,
+                layer_norm_eps=c.layer_norm_eps,
+                activation=c.activation,
+            )
             for _ in range(c.n_layers)
         )
         self.ln_f = nn.Identity() if post else nn.LayerNorm(c.d_model, eps=c.layer_norm_eps, bias=c.bias)
         init_gpt_weights(self, n_residual_branches=1)  # BERT: plain N(0, 0.02) everywhere
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """input_ids (B, T); attention_mask (B, T) 1 = real token; token_type_ids (B, T) -> (B, T, d_model)."""
         c = self.config
         check_token_ids(input_ids, c.vocab_size)
@@ -116,16 +129,23 @@ class EncoderForMaskedLM(nn.Module):
         c = config
         self.config = c
         self.encoder = Encoder(c)
-        self.transform = nn.Sequential(nn.Linear(c.d_model, c.d_model), make_activation(c.activation),
-                                       nn.LayerNorm(c.d_model, eps=c.layer_norm_eps))
+        self.transform = nn.Sequential(
+            nn.Linear(c.d_model, c.d_model),
+            make_activation(c.activation),
+            nn.LayerNorm(c.d_model, eps=c.layer_norm_eps),
+        )
         self.decoder = nn.Linear(c.d_model, c.vocab_size)  # weight tied below, bias is its own
         init_gpt_weights(self.transform, n_residual_branches=1)
         nn.init.zeros_(self.decoder.bias)
         self.decoder.weight = self.encoder.tok_emb.weight
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None
-                ) -> MaskedLMOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> MaskedLMOutput:
         """labels (B, T): the original token at masked positions, -100 elsewhere."""
         h = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, d_model)
         logits = self.decoder(self.transform(h))  # (B, T, vocab_size)
@@ -164,9 +184,13 @@ class EncoderForSequenceClassification(nn.Module):
         if self.pooler is not None:
             init_gpt_weights(self.pooler, n_residual_branches=1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None
-                ) -> ClassifierOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> ClassifierOutput:
         """labels (B,) class indices -> mean cross-entropy."""
         h = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, d_model)
         if self.pooler is not None:

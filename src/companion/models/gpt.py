@@ -89,8 +89,16 @@ class GPT(nn.Module):
         self.pos_emb = nn.Embedding(c.block_size, c.d_model)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(c.d_model, c.n_heads, c.d_ff, dropout=c.dropout, bias=c.bias, norm=c.norm,
-                             layer_norm_eps=c.layer_norm_eps, activation=c.activation)
+            TransformerBlock(
+                c.d_model,
+                c.n_heads,
+                c.d_ff,
+                dropout=c.dropout,
+                bias=c.bias,
+                norm=c.norm,
+                layer_norm_eps=c.layer_norm_eps,
+                activation=c.activation,
+            )
             for _ in range(c.n_layers)
         )
         # pre-LN leaves the residual stream un-normalised, so one last LayerNorm precedes the head
@@ -100,9 +108,15 @@ class GPT(nn.Module):
         if c.tie_weights:
             self.lm_head.weight = self.tok_emb.weight  # one (vocab_size, d_model) matrix, used twice
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                attention_mask: torch.Tensor | None = None, past_kv: list[KV] | None = None,
-                use_cache: bool = False) -> GPTOutput:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        past_kv: list[KV] | None = None,
+        use_cache: bool = False,
+    ) -> GPTOutput:
         """idx (B, T) token ids -> GPTOutput(logits (B, T, vocab_size), loss, kv).
 
         attention_mask: (B, S_past + T) with 1 = real token, 0 = padding (Hugging Face convention).
@@ -121,8 +135,13 @@ class GPT(nn.Module):
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, d_model)
         new_kv = [] if use_cache else None
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, key_padding_mask=attention_mask, is_causal=True,
-                          past_kv=None if past_kv is None else past_kv[i], use_cache=use_cache)
+            x, kv = block(
+                x,
+                key_padding_mask=attention_mask,
+                is_causal=True,
+                past_kv=None if past_kv is None else past_kv[i],
+                use_cache=use_cache,
+            )
             if use_cache:
                 new_kv.append(kv)
         x = self.ln_f(x)  # (B, T, d_model)

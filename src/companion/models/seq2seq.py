@@ -45,8 +45,19 @@ class EncoderDecoderConfig:
     def __post_init__(self):
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        check_shape_config(self, ("src_vocab_size", "tgt_vocab_size", "block_size", "n_encoder_layers",
-                                  "n_decoder_layers", "n_heads", "d_model", "d_ff"))
+        check_shape_config(
+            self,
+            (
+                "src_vocab_size",
+                "tgt_vocab_size",
+                "block_size",
+                "n_encoder_layers",
+                "n_decoder_layers",
+                "n_heads",
+                "d_model",
+                "d_ff",
+            ),
+        )
 
 
 class Seq2SeqOutput(NamedTuple):
@@ -62,17 +73,18 @@ class EncoderDecoder(nn.Module):
     def __init__(self, config: EncoderDecoderConfig):
         super().__init__()
         self.config = c = config
-        kw = dict(dropout=c.dropout, bias=c.bias, norm=c.norm, layer_norm_eps=c.layer_norm_eps,
-                  activation=c.activation)
+        kw = dict(dropout=c.dropout, bias=c.bias, norm=c.norm, layer_norm_eps=c.layer_norm_eps, activation=c.activation)
         self.src_emb = nn.Embedding(c.src_vocab_size, c.d_model)
         self.tgt_emb = nn.Embedding(c.tgt_vocab_size, c.d_model)
         self.pos_emb = nn.Embedding(c.block_size, c.d_model)  # shared by both sides
         self.drop = nn.Dropout(c.dropout)
         self.encoder_blocks = nn.ModuleList(
-            TransformerBlock(c.d_model, c.n_heads, c.d_ff, **kw) for _ in range(c.n_encoder_layers))
+            TransformerBlock(c.d_model, c.n_heads, c.d_ff, **kw) for _ in range(c.n_encoder_layers)
+        )
         self.decoder_blocks = nn.ModuleList(
             TransformerBlock(c.d_model, c.n_heads, c.d_ff, cross_attention=True, **kw)
-            for _ in range(c.n_decoder_layers))
+            for _ in range(c.n_decoder_layers)
+        )
 
         def final_ln() -> nn.Module:
             return nn.LayerNorm(c.d_model, eps=c.layer_norm_eps, bias=c.bias) if c.norm == "pre" else nn.Identity()
@@ -99,8 +111,13 @@ class EncoderDecoder(nn.Module):
             x, _ = block(x, key_padding_mask=src_mask)
         return self.ln_enc(x)  # (B, S, d_model)
 
-    def decode(self, tgt_ids: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None = None,
-               tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self,
+        tgt_ids: torch.Tensor,
+        memory: torch.Tensor,
+        src_mask: torch.Tensor | None = None,
+        tgt_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """tgt_ids (B, T), memory (B, S, d_model) -> logits (B, T, tgt_vocab_size)."""
         c = self.config
         check_token_ids(tgt_ids, c.tgt_vocab_size, name="target token id")
@@ -108,12 +125,17 @@ class EncoderDecoder(nn.Module):
         check_padding_mask(tgt_mask, *tgt_ids.shape, "tgt_mask")
         x = self._embed(self.tgt_emb, tgt_ids)
         for block in self.decoder_blocks:
-            x, _ = block(x, context=memory, key_padding_mask=tgt_mask, is_causal=True,
-                         context_padding_mask=src_mask)
+            x, _ = block(x, context=memory, key_padding_mask=tgt_mask, is_causal=True, context_padding_mask=src_mask)
         return self.lm_head(self.ln_dec(x))  # (B, T, tgt_vocab_size)
 
-    def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor, src_mask: torch.Tensor | None = None,
-                tgt_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> Seq2SeqOutput:
+    def forward(
+        self,
+        src_ids: torch.Tensor,
+        tgt_ids: torch.Tensor,
+        src_mask: torch.Tensor | None = None,
+        tgt_mask: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> Seq2SeqOutput:
         """Teacher forcing: logits at target position t predict targets[:, t] (ignore_index=-100)."""
         if src_ids.shape[0] != tgt_ids.shape[0]:
             raise ValueError(f"batch sizes differ: src {src_ids.shape[0]}, tgt {tgt_ids.shape[0]}")
