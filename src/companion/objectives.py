@@ -51,9 +51,9 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     instead of PyTorch's 0/0 = NaN. No host synchronisation: the count stays on the device.
     """
     flat = targets.reshape(-1)
-    total = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), flat, ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    if logits.dtype in (torch.float16, torch.bfloat16):  # a half-precision loss would round away learning
+        logits = logits.float()
+    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), flat, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (flat != IGNORE_INDEX).sum().clamp(min=1)
 
 
