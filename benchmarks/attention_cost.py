@@ -7,7 +7,8 @@
 The explicit path is ``companion.attention.scaled_dot_product_attention`` (it forms the full
 (L, L) score and weight matrices); the fused path is ``torch.nn.functional.
 scaled_dot_product_attention`` (on CPU a FlashAttention-style kernel that works block by block
-and never stores the whole matrix). Both run under ``torch.no_grad()`` in float32 by default. Times are the best of a few rounds.
+and never stores the whole matrix). Both run under ``torch.no_grad()`` in float32 by default.
+Times are the best of a few rounds.
 On a busy machine, ``--threads 1`` gives much steadier numbers: with several threads, small
 problems spend most of their time waiting for a thread the OS has descheduled.
 
@@ -121,8 +122,21 @@ def _rss_child(args: argparse.Namespace, path: str, seq_len: int) -> None:
 
 def rss_peak_bytes(args: argparse.Namespace, path: str, seq_len: int) -> int:
     """Peak RSS growth of one call, measured in a subprocess so earlier peaks do not hide it."""
-    cmd = [sys.executable, __file__, "--_rss-child", path, str(seq_len), "--batch", str(args.batch),
-           "--n-heads", str(args.n_heads), "--d-head", str(args.d_head), "--dtype", args.dtype]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_rss-child",
+        path,
+        str(seq_len),
+        "--batch",
+        str(args.batch),
+        "--n-heads",
+        str(args.n_heads),
+        "--d-head",
+        str(args.d_head),
+        "--dtype",
+        args.dtype,
+    ]
     if args.causal:
         cmd.append("--causal")
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -141,8 +155,14 @@ def run(args: argparse.Namespace) -> list[dict]:
         for path in PATHS:
             fn = attention_fn(path, args.causal)
             sec = time_call(fn, inputs, args.repeats, args.min_time)
-            row = dict(seq_len=seq_len, path=path, seconds=sec, gflops_per_s=flops / sec / 1e9,
-                       matrix_bytes=matrix, profiler_peak_bytes=profiler_peak_bytes(fn, inputs))
+            row = dict(
+                seq_len=seq_len,
+                path=path,
+                seconds=sec,
+                gflops_per_s=flops / sec / 1e9,
+                matrix_bytes=matrix,
+                profiler_peak_bytes=profiler_peak_bytes(fn, inputs),
+            )
             if args.rss:
                 row["rss_peak_bytes"] = rss_peak_bytes(args, path, seq_len)
             rows.append(row)
@@ -158,8 +178,10 @@ def print_header(rss: bool) -> None:
 
 def print_row(row: dict, rss: bool) -> None:
     mib = 2**20
-    line = (f"{row['seq_len']:>6} {row['path']:>9} {row['seconds'] * 1e3:>10.2f} {row['gflops_per_s']:>8.1f} "
-            f"{row['matrix_bytes'] / mib:>11.1f} {row['profiler_peak_bytes'] / mib:>9.1f}")
+    line = (
+        f"{row['seq_len']:>6} {row['path']:>9} {row['seconds'] * 1e3:>10.2f} {row['gflops_per_s']:>8.1f} "
+        f"{row['matrix_bytes'] / mib:>11.1f} {row['profiler_peak_bytes'] / mib:>9.1f}"
+    )
     if rss:
         line += f" {row['rss_peak_bytes'] / mib:>8.1f}"
     print(line, flush=True)
@@ -192,11 +214,15 @@ def main(argv=None) -> None:
     if args._rss_child:
         _rss_child(args, args._rss_child[0], int(args._rss_child[1]))
         return
-    print(f"attention cost: batch {args.batch}, {args.n_heads} heads, d_head {args.d_head}, {args.dtype}, "
-          f"{'causal' if args.causal else 'no mask'}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print("matrix = analytic bytes of one (L, L) attention matrix per batch and head set; "
-          "peak = torch.profiler allocator peak" + ("; rss = peak RSS growth (subprocess)" if args.rss else ""))
+    print(
+        f"attention cost: batch {args.batch}, {args.n_heads} heads, d_head {args.d_head}, {args.dtype}, "
+        f"{'causal' if args.causal else 'no mask'}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
+    print(
+        "matrix = analytic bytes of one (L, L) attention matrix per batch and head set; "
+        "peak = torch.profiler allocator peak" + ("; rss = peak RSS growth (subprocess)" if args.rss else "")
+    )
     print_header(args.rss)
     rows = run(args)
     if len(args.lengths) >= 2:

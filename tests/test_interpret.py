@@ -4,9 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from companion.interpret import (continuation_match, fit_linear_probe, induction_scores, logit_lens,
-                                 previous_token_scores, sequence_losses, trace, weat_effect_size,
-                                 weat_permutation_test)
+from companion.interpret import (
+    continuation_match,
+    fit_linear_probe,
+    induction_scores,
+    logit_lens,
+    previous_token_scores,
+    sequence_losses,
+    trace,
+    weat_effect_size,
+    weat_permutation_test,
+)
 from companion.models import GPT, Encoder, EncoderConfig, GPTConfig
 
 
@@ -110,10 +118,12 @@ def test_weat_effect_size_and_permutation():
     assert d > 1.0 and weat_effect_size(Y, X, A, B) == pytest.approx(-d)
     assert weat_permutation_test(X, Y, A, B, 2000) < 0.01
     assert weat_permutation_test(Y, X, A, B, 2000) > 0.9
+
     # hand computation of d
     def s(w):
         w, a, b = (F.normalize(t, dim=-1) for t in (w, A, B))
         return (w @ a.T).mean(1) - (w @ b.T).mean(1)
+
     sx, sy = s(X), s(Y)
     assert d == pytest.approx(((sx.mean() - sy.mean()) / torch.cat([sx, sy]).std()).item(), rel=1e-5)
     with pytest.raises(ValueError):
@@ -127,6 +137,7 @@ def test_memorisation_helpers():
     assert 0 <= exact <= chars <= 1
     # a sequence that IS the model's own greedy continuation is matched exactly
     from companion.generation import generate
+
     own = generate(model, data[:8], 8, temperature=0.0)
     assert continuation_match(model, own, [0], 8, 8) == (1.0, 1.0)
     losses = sequence_losses(model, data, [0, 10], 16)

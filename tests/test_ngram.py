@@ -9,7 +9,6 @@ import pytest
 
 from companion.ngram import UNK, NGramModel, unseen_ngram_share
 
-
 # ---------------------------------------------------------------- a slow, obvious reference
 
 
@@ -32,8 +31,8 @@ class ReferenceNGram:
         self.D = {}
         for o in range(1, n + 1):
             counts = Counter(self.used[o].values())
-            self.D[o] = discount if discount is not None else (
-                counts[1] / (counts[1] + 2 * counts[2]) if counts[1] else 0.5
+            self.D[o] = (
+                discount if discount is not None else (counts[1] / (counts[1] + 2 * counts[2]) if counts[1] else 0.5)
             )
 
     def p(self, h, w, order):

@@ -24,9 +24,21 @@ from companion.attention import causal_mask
 from companion.generation import kv_cache_bytes
 
 __all__ = [
-    "MODEL_SHAPES", "DistillationModel", "QParams", "dequantize", "distillation_loss",
-    "kv_cache_bytes", "kv_cache_table", "model_size_bytes", "online_softmax", "qparams",
-    "quantize", "quantize_dynamic_int8", "tiled_attention", "time_call", "training_footprint",
+    "MODEL_SHAPES",
+    "DistillationModel",
+    "QParams",
+    "dequantize",
+    "distillation_loss",
+    "kv_cache_bytes",
+    "kv_cache_table",
+    "model_size_bytes",
+    "online_softmax",
+    "qparams",
+    "quantize",
+    "quantize_dynamic_int8",
+    "tiled_attention",
+    "time_call",
+    "training_footprint",
 ]
 
 INT_RANGES = {8: (-128, 127), 4: (-8, 7)}  # signed integer ranges used below
@@ -160,15 +172,25 @@ MODEL_SHAPES: dict[str, dict[str, int]] = {
 }
 
 
-def kv_cache_table(context_lengths: list[int], shapes: dict[str, dict[str, int]] | None = None,
-                   bytes_per_value: int = 2, batch_size: int = 1) -> list[dict[str, Any]]:
+def kv_cache_table(
+    context_lengths: list[int],
+    shapes: dict[str, dict[str, int]] | None = None,
+    bytes_per_value: int = 2,
+    batch_size: int = 1,
+) -> list[dict[str, Any]]:
     """Rows {model, n_layers, d_model, n_ctx, bytes} of the KV-cache size for each model and length."""
     rows = []
     for name, s in (shapes or MODEL_SHAPES).items():
         for n_ctx in context_lengths:
-            rows.append({"model": name, "n_layers": s["n_layers"], "d_model": s["d_model"],
-                         "n_ctx": n_ctx, "bytes": kv_cache_bytes(s["n_layers"], n_ctx, s["d_model"],
-                                                                 batch_size, bytes_per_value)})
+            rows.append(
+                {
+                    "model": name,
+                    "n_layers": s["n_layers"],
+                    "d_model": s["d_model"],
+                    "n_ctx": n_ctx,
+                    "bytes": kv_cache_bytes(s["n_layers"], n_ctx, s["d_model"], batch_size, bytes_per_value),
+                }
+            )
     return rows
 
 
@@ -194,8 +216,7 @@ def online_softmax(x: Tensor, block_size: int) -> Tensor:
     return torch.exp(x - m) / ell
 
 
-def tiled_attention(q: Tensor, k: Tensor, v: Tensor, block_size: int = 64, *,
-                    is_causal: bool = False) -> Tensor:
+def tiled_attention(q: Tensor, k: Tensor, v: Tensor, block_size: int = 64, *, is_causal: bool = False) -> Tensor:
     r"""softmax(Q K^T / sqrt(d_k)) V computed one block of keys at a time (the FlashAttention idea).
 
     q (..., L, d_k), k (..., S, d_k), v (..., S, d_v) -> (..., L, d_v). The full (L, S) matrix of
@@ -238,16 +259,23 @@ def tiled_attention(q: Tensor, k: Tensor, v: Tensor, block_size: int = 64, *,
 # --------------------------------------------------------------------------- distillation
 
 
-def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 2.0,
-                      targets: Tensor | None = None, alpha: float = 1.0) -> Tensor:
-    r"""Hinton et al. (2015): $\alpha\, \tau^2\, \mathrm{KL}(p_T^{\tau} \,\|\, p_S^{\tau}) + (1-\alpha)\, \mathrm{CE}(y, p_S)$.
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float = 2.0,
+    targets: Tensor | None = None,
+    alpha: float = 1.0,
+) -> Tensor:
+    r"""Hinton et al. (2015):
+    $\alpha\, \tau^2\, \mathrm{KL}(p_T^{\tau} \,\|\, p_S^{\tau}) + (1-\alpha)\, \mathrm{CE}(y, p_S)$.
 
     $p^{\tau} = \operatorname{softmax}(z / \tau)$; the $\tau^2$ keeps the gradient scale of the soft
     term independent of $\tau$. Logits (..., V); targets (...) with -100 = ignore.
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} != teacher logits "
-                         f"{tuple(teacher_logits.shape)}")
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} != teacher logits {tuple(teacher_logits.shape)}"
+        )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if not 0.0 <= alpha <= 1.0:
@@ -270,8 +298,9 @@ class DistillationModel(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module, temperature: float = 2.0, alpha: float = 1.0):
         super().__init__()
         if student.config.vocab_size != teacher.config.vocab_size:
-            raise ValueError(f"student vocab_size {student.config.vocab_size} != teacher vocab_size "
-                             f"{teacher.config.vocab_size}")
+            raise ValueError(
+                f"student vocab_size {student.config.vocab_size} != teacher vocab_size {teacher.config.vocab_size}"
+            )
         self.student, self.teacher = student, teacher.eval()
         self.teacher.requires_grad_(False)
         self.temperature, self.alpha = temperature, alpha
@@ -297,17 +326,21 @@ class DistillationModel(nn.Module):
 # --------------------------------------------------------------------------- energy
 
 
-def training_footprint(flops: float, peak_flops_per_s: float = 312e12, utilisation: float = 0.4,
-                       power_w: float = 400.0, pue: float = 1.1, kg_co2_per_kwh: float = 0.4
-                       ) -> dict[str, float]:
+def training_footprint(
+    flops: float,
+    peak_flops_per_s: float = 312e12,
+    utilisation: float = 0.4,
+    power_w: float = 400.0,
+    pue: float = 1.1,
+    kg_co2_per_kwh: float = 0.4,
+) -> dict[str, float]:
     """GPU-hours, energy and CO2 of a training run of `flops` FLOPs, under stated assumptions.
 
     gpu_hours = flops / (peak * utilisation) / 3600; kwh = gpu_hours * power_w / 1000 * pue;
     tonnes_co2 = kwh * kg_co2_per_kwh / 1000. Defaults: an A100's bf16 peak (312 TFLOP/s),
     40% utilisation, 400 W per GPU, a data-centre PUE of 1.1, 0.4 kg CO2 per kWh.
     """
-    for name, value in [("flops", flops), ("peak_flops_per_s", peak_flops_per_s), ("power_w", power_w),
-                        ("pue", pue)]:
+    for name, value in [("flops", flops), ("peak_flops_per_s", peak_flops_per_s), ("power_w", power_w), ("pue", pue)]:
         if value <= 0:
             raise ValueError(f"{name} must be > 0, got {value}")
     if not 0.0 < utilisation <= 1.0:

@@ -17,8 +17,16 @@ from torch import Tensor
 from companion.generation import generate
 
 __all__ = [
-    "LinearProbe", "Trace", "continuation_match", "fit_linear_probe", "induction_scores",
-    "logit_lens", "previous_token_scores", "sequence_losses", "trace", "weat_effect_size",
+    "LinearProbe",
+    "Trace",
+    "continuation_match",
+    "fit_linear_probe",
+    "induction_scores",
+    "logit_lens",
+    "previous_token_scores",
+    "sequence_losses",
+    "trace",
+    "weat_effect_size",
     "weat_permutation_test",
 ]
 
@@ -127,8 +135,10 @@ def logit_lens(model: nn.Module, residuals: Tensor, targets: Tensor) -> Tensor:
     (nostalgebraist 2020). The last entry equals the model's own loss.
     """
     if residuals.dim() != 4 or residuals.shape[1:3] != targets.shape:
-        raise ValueError(f"residuals (L+1, B, T, d) and targets (B, T) do not fit: "
-                         f"{tuple(residuals.shape)} vs {tuple(targets.shape)}")
+        raise ValueError(
+            f"residuals (L+1, B, T, d) and targets (B, T) do not fit: "
+            f"{tuple(residuals.shape)} vs {tuple(targets.shape)}"
+        )
     logits = model.lm_head(model.ln_f(residuals))  # (L+1, B, T, V)
     V = logits.shape[-1]
     flat_targets = targets.reshape(-1)
@@ -157,8 +167,9 @@ class LinearProbe(nn.Module):
         return (self(x).argmax(dim=-1) == y).float().mean().item()
 
 
-def fit_linear_probe(x: Tensor, y: Tensor, n_classes: int | None = None, weight_decay: float = 1e-3,
-                     max_iter: int = 100) -> LinearProbe:
+def fit_linear_probe(
+    x: Tensor, y: Tensor, n_classes: int | None = None, weight_decay: float = 1e-3, max_iter: int = 100
+) -> LinearProbe:
     r"""Fit a multinomial logistic regression by L-BFGS: min mean CE + weight_decay * ||W||^2 / 2.
 
     x (N, d) float features, y (N,) integer labels in [0, n_classes).
@@ -213,8 +224,9 @@ def weat_effect_size(X: Tensor, Y: Tensor, A: Tensor, B: Tensor) -> float:
     return ((sx.mean() - sy.mean()) / spread).item()
 
 
-def weat_permutation_test(X: Tensor, Y: Tensor, A: Tensor, B: Tensor, n_permutations: int = 10_000,
-                          seed: int = 0) -> float:
+def weat_permutation_test(
+    X: Tensor, Y: Tensor, A: Tensor, B: Tensor, n_permutations: int = 10_000, seed: int = 0
+) -> float:
     r"""One-sided p-value of the WEAT statistic $\sum_x s(x,A,B) - \sum_y s(y,A,B)$.
 
     The targets X ∪ Y are re-split at random into sets of the sizes of X and Y; the p-value is the
@@ -237,8 +249,9 @@ def weat_permutation_test(X: Tensor, Y: Tensor, A: Tensor, B: Tensor, n_permutat
 
 
 @torch.no_grad()
-def continuation_match(model: nn.Module, data: Tensor, starts: list[int], prefix_len: int = 32,
-                       cont_len: int = 32) -> tuple[float, float]:
+def continuation_match(
+    model: nn.Module, data: Tensor, starts: list[int], prefix_len: int = 32, cont_len: int = 32
+) -> tuple[float, float]:
     """Greedy-continue `prefix_len` tokens taken from `data` at each start; compare with the true text.
 
     Returns (fraction of continuations reproduced exactly, mean fraction of tokens matching
@@ -269,4 +282,3 @@ def sequence_losses(model: nn.Module, data: Tensor, starts: list[int], length: i
     model.train(was_training)
     loss = F.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none")  # (N, length)
     return loss.mean(dim=1)
-

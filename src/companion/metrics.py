@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["accuracy", "check_labels", "classification_report", "confusion_matrix", "f1_scores",
-           "macro_f1", "mean_std"]
+__all__ = ["accuracy", "check_labels", "classification_report", "confusion_matrix", "f1_scores", "macro_f1", "mean_std"]
 
 
 def check_labels(labels: Any, n_classes: int, name: str = "labels") -> torch.Tensor:
@@ -76,9 +75,11 @@ def macro_f1(predictions: Any, labels: Any, n_classes: int = 2) -> float:
 
 def classification_report(predictions: Any, labels: Any, n_classes: int = 2) -> dict[str, Any]:
     """Accuracy, macro-F1 and the confusion matrix (as nested lists) in one JSON-friendly dict."""
-    return {"accuracy": accuracy(predictions, labels, n_classes),
-            "macro_f1": macro_f1(predictions, labels, n_classes),
-            "confusion_matrix": confusion_matrix(predictions, labels, n_classes).tolist()}
+    return {
+        "accuracy": accuracy(predictions, labels, n_classes),
+        "macro_f1": macro_f1(predictions, labels, n_classes),
+        "confusion_matrix": confusion_matrix(predictions, labels, n_classes).tolist(),
+    }
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -182,7 +182,9 @@ class NGramModel:
             unknown = [tokens[i] for i in np.flatnonzero(~known)[:1]]
         if unknown:
             if not self.unk:
-                raise ValueError(f"token {unknown[0]!r} is not in the vocabulary (fit with unk=True to map it to {UNK!r})")
+                raise ValueError(
+                    f"token {unknown[0]!r} is not in the vocabulary (fit with unk=True to map it to {UNK!r})"
+                )
             ids[~known] = self.unk_id
         return ids
 

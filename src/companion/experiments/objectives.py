@@ -38,14 +38,18 @@ from companion.training import TrainConfig, train
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "objectives.json"
 FORMAT = "companion-objectives"
-SENTENCES = ("The k_ng is dead; long live the k_ng!",
-             "I pr_y you, good my l_rd, what n_ws from the c_urt?",
-             "She loves me n_t, and I am f__l to love her.",
-             "Come, sw__t night, and bring me to my br_de.")
-ANSWERS = ("The king is dead; long live the king!",
-           "I pray you, good my lord, what news from the court?",
-           "She loves me not, and I am fool to love her.",
-           "Come, sweet night, and bring me to my bride.")
+SENTENCES = (
+    "The k_ng is dead; long live the k_ng!",
+    "I pr_y you, good my l_rd, what n_ws from the c_urt?",
+    "She loves me n_t, and I am f__l to love her.",
+    "Come, sw__t night, and bring me to my br_de.",
+)
+ANSWERS = (
+    "The king is dead; long live the king!",
+    "I pray you, good my lord, what news from the court?",
+    "She loves me not, and I am fool to love her.",
+    "Come, sweet night, and bring me to my bride.",
+)
 
 
 def blanks_right(filled: str, sentence: str, answer: str) -> tuple[int, int]:
@@ -79,21 +83,45 @@ class ObjectivesConfig:
 
     def shape(self) -> dict[str, Any]:
         """The model shape both objectives share (pre-LN, no dropout)."""
-        return dict(n_layers=self.n_layers, n_heads=self.n_heads, d_model=self.d_model,
-                    block_size=self.block_size, dropout=0.0, norm="pre")
+        return dict(
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            d_model=self.d_model,
+            block_size=self.block_size,
+            dropout=0.0,
+            norm="pre",
+        )
 
     def train_config(self) -> TrainConfig:
         """The trainer's configuration, the same for both runs."""
-        return TrainConfig(steps=self.steps, batch_size=self.batch_size, block_size=self.block_size,
-                           lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps,
-                           eval_interval=self.eval_interval, eval_steps=self.eval_steps, seed=self.seed)
+        return TrainConfig(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            block_size=self.block_size,
+            lr=self.lr,
+            min_lr=self.min_lr,
+            warmup_steps=self.warmup_steps,
+            eval_interval=self.eval_interval,
+            eval_steps=self.eval_steps,
+            seed=self.seed,
+        )
 
 
 PRESETS = {
     "notebook": ObjectivesConfig("notebook"),  # what chapter 5 trains live
     "full": ObjectivesConfig("full", steps=5000, eval_interval=250),
-    "tiny": ObjectivesConfig("tiny", n_layers=1, d_model=32, block_size=16, batch_size=8, steps=20,
-                             eval_interval=10, eval_steps=2, fill_windows=32, corpus_chars=60_000),
+    "tiny": ObjectivesConfig(
+        "tiny",
+        n_layers=1,
+        d_model=32,
+        block_size=16,
+        batch_size=8,
+        steps=20,
+        eval_interval=10,
+        eval_steps=2,
+        fill_windows=32,
+        corpus_chars=60_000,
+    ),
 }
 
 
@@ -143,8 +171,9 @@ def build_models(cfg: ObjectivesConfig, vocab_size: int) -> dict[str, nn.Module]
     return {"clm": gpt, "mlm": bert}
 
 
-def blank_test(val_ids: torch.Tensor, block_size: int, n_windows: int, p: float = 0.15,
-               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def blank_test(
+    val_ids: torch.Tensor, block_size: int, n_windows: int, p: float = 0.15, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed held-out windows (n, block_size + 1) and which of their last block_size characters to hide."""
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(len(val_ids) - block_size - 1, (n_windows,), generator=g)
@@ -154,8 +183,9 @@ def blank_test(val_ids: torch.Tensor, block_size: int, n_windows: int, p: float 
 
 
 @torch.no_grad()
-def fill_blanks(model: nn.Module, kind: str, windows: torch.Tensor, hide: torch.Tensor,
-                mask_id: int) -> tuple[float, float]:
+def fill_blanks(
+    model: nn.Module, kind: str, windows: torch.Tensor, hide: torch.Tensor, mask_id: int
+) -> tuple[float, float]:
     """(accuracy, cross-entropy in nats) of the model's guesses of the hidden characters.
 
     kind "mlm": one pass over windows[:, 1:] with every hidden character replaced by [MASK];
@@ -190,7 +220,7 @@ def fill_sentence(model: nn.Module, kind: str, sentence: str, tok: CharTokenizer
         chars: list[str] = []
         for c in sentence:
             if c == "_":
-                context = tok.encode("".join(chars))[-model.config.block_size:]
+                context = tok.encode("".join(chars))[-model.config.block_size :]
                 logits = model(torch.tensor([context])).logits[0, -1, :mask_id]
                 c = tok.chars[logits.argmax().item()]
             chars.append(c)
@@ -209,7 +239,7 @@ def run(cfg: ObjectivesConfig, progress: bool = False) -> dict[str, Any]:
     for kind, model in models.items():
         curve: dict[str, list[float]] = {"step": [], "fill_accuracy": [], "fill_cross_entropy": []}
 
-        def measure(step: int, _history: Any = None) -> None:  # train()'s callback
+        def measure(step: int, _history: Any = None, model=model, kind=kind, curve=curve) -> None:  # callback
             if step % cfg.eval_interval == 0 or step == cfg.steps:
                 acc, ce = fill_blanks(model, kind, windows, hide, data.mask_id)
                 curve["step"].append(step)
@@ -219,8 +249,9 @@ def run(cfg: ObjectivesConfig, progress: bool = False) -> dict[str, Any]:
         measure(0)
         objective = "clm" if kind == "clm" else MaskedLM(data.mask_id, data.vocab_size, cfg.mask_prob)
         t0, c0 = time.perf_counter(), time.process_time()
-        history = train(model, data.train_ids, data.val_ids, tcfg, objective=objective,
-                        progress=progress, callback=measure)
+        history = train(
+            model, data.train_ids, data.val_ids, tcfg, objective=objective, progress=progress, callback=measure
+        )
         runs[kind] = {
             "parameters": sum(p.numel() for p in model.parameters()),
             "wall_seconds": round(time.perf_counter() - t0, 1),
@@ -228,19 +259,19 @@ def run(cfg: ObjectivesConfig, progress: bool = False) -> dict[str, Any]:
             "eval_step": history.eval_step,
             "val_loss": [round(v, 5) for v in history.val_loss],
             **curve,
-            "sentences": {s: fill_sentence(model, kind, s, data.tok, data.mask_id) for s in SENTENCES
-                          if len(s) <= cfg.block_size},
+            "sentences": {
+                s: fill_sentence(model, kind, s, data.tok, data.mask_id) for s in SENTENCES if len(s) <= cfg.block_size
+            },
         }
     return {
         "format": FORMAT,
         "version": 1,
         "config": dataclasses.asdict(cfg),
-        "characters": {"train": len(data.train_ids), "val": len(data.val_ids),
-                       "vocab_size": data.vocab_size},
+        "characters": {"train": len(data.train_ids), "val": len(data.val_ids), "vocab_size": data.vocab_size},
         "hidden_characters": int(hide.sum()),
         "runs": runs,
         "metadata": {
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "torch_version": torch.__version__,
             "python_version": platform.python_version(),
             "cpu_count": os.cpu_count(),
@@ -260,8 +291,11 @@ def load_result(path: str | Path = DEFAULT_OUT) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    p = argparse.ArgumentParser(prog="python -m companion.experiments.objectives",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m companion.experiments.objectives",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), default="full")
     p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -275,14 +309,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, steps=args.steps)
     t0 = time.perf_counter()
     result = run(cfg, progress=args.progress)
-    result["command"] = " ".join(["python -m companion.experiments.objectives",
-                                  *(sys.argv[1:] if argv is None else argv)])
+    result["command"] = " ".join(
+        ["python -m companion.experiments.objectives", *(sys.argv[1:] if argv is None else argv)]
+    )
     result["metadata"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     for kind, r in result["runs"].items():
-        print(f"{kind}: validation loss {r['val_loss'][-1]:.3f}, blank-filling accuracy "
-              f"{r['fill_accuracy'][-1]:.3f} after {cfg.steps} steps ({r['wall_seconds']:.0f} s)")
+        print(
+            f"{kind}: validation loss {r['val_loss'][-1]:.3f}, blank-filling accuracy "
+            f"{r['fill_accuracy'][-1]:.3f} after {cfg.steps} steps ({r['wall_seconds']:.0f} s)"
+        )
     print(f"wrote {args.out}")
     return 0
 
