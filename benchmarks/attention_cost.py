@@ -4,6 +4,9 @@
     python benchmarks/attention_cost.py --lengths 256 1024 --causal --json /tmp/cost.json
     python benchmarks/attention_cost.py --rss                # also measure peak RSS in subprocesses
 
+The measurements themselves are ``companion.efficiency.attention_cost`` (which Chapter 3 calls);
+this script adds the command line, the ``--rss`` cross-check and a JSON file.
+
 The explicit path is ``companion.attention.scaled_dot_product_attention`` (it forms the full
 (L, L) score and weight matrices); the fused path is ``torch.nn.functional.
 scaled_dot_product_attention`` (on CPU a FlashAttention-style kernel that works block by block
@@ -34,64 +37,12 @@ import platform
 import resource
 import subprocess
 import sys
-import time
 
 import torch
-import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
-from companion.attention import scaled_dot_product_attention
+from companion.efficiency import ATTENTION_PATHS, attention_call, attention_cost, attention_inputs
 
-PATHS = ("explicit", "fused")
-
-
-def attention_fn(path: str, causal: bool):
-    """The attention call to measure: (q, k, v) -> out."""
-    if path == "explicit":
-        return lambda q, k, v: scaled_dot_product_attention(q, k, v, is_causal=causal)
-    if path == "fused":
-        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    raise ValueError(f"unknown path {path!r}, expected one of {PATHS}")
-
-
-def make_inputs(seq_len: int, batch: int, n_heads: int, d_head: int, dtype: torch.dtype, seed: int = 0):
-    """Random q, k, v of shape (batch, n_heads, seq_len, d_head)."""
-    g = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(batch, n_heads, seq_len, d_head, generator=g, dtype=dtype) for _ in range(3))
-
-
-def time_call(fn, inputs, repeats: int, min_time: float = 0.2) -> float:
-    """Seconds per call: the best of `repeats` rounds, after one warm-up call.
-
-    The minimum, as `timeit` recommends: noise from other processes only ever adds time.
-    """
-    with torch.no_grad():
-        fn(*inputs)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            n = 0
-            while True:  # small problems: loop until the round lasts `min_time / repeats`
-                fn(*inputs)
-                n += 1
-                if time.perf_counter() - t0 >= min_time / repeats:
-                    break
-            times.append((time.perf_counter() - t0) / n)
-    return min(times)
-
-
-def profiler_peak_bytes(fn, inputs) -> int:
-    """Peak extra tensor bytes during one call, from torch.profiler's allocator events."""
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn(*inputs)
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
-    live = peak = 0
-    for e in events:
-        # ops carry the net bytes they allocated themselves; "[memory]" events are frees
-        # (and allocations) that happened outside any op
-        live += e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
+PATHS = ATTENTION_PATHS
 
 
 def _peak_rss_bytes() -> int:
@@ -109,8 +60,8 @@ def _peak_rss_bytes() -> int:
 
 def _rss_child(args: argparse.Namespace, path: str, seq_len: int) -> None:
     """Run in a fresh process: print the growth of peak RSS (bytes) during one call."""
-    fn = attention_fn(path, args.causal)
-    inputs = make_inputs(seq_len, args.batch, args.n_heads, args.d_head, getattr(torch, args.dtype))
+    fn = attention_call(path, args.causal)
+    inputs = attention_inputs(seq_len, args.batch, args.n_heads, args.d_head, getattr(torch, args.dtype))
     small = tuple(t[..., :16, :].contiguous() for t in inputs)
     with torch.no_grad():
         fn(*small)  # load kernels and thread pools before the baseline
@@ -144,39 +95,35 @@ def rss_peak_bytes(args: argparse.Namespace, path: str, seq_len: int) -> int:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    """Measure every (length, path) pair and return one row per pair."""
-    dtype = getattr(torch, args.dtype)
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    rows = []
-    for seq_len in args.lengths:
-        inputs = make_inputs(seq_len, args.batch, args.n_heads, args.d_head, dtype)
-        matrix = args.batch * args.n_heads * seq_len * seq_len * itemsize
-        flops = 4 * args.batch * args.n_heads * seq_len * seq_len * args.d_head  # QK^T and AV
-        for path in PATHS:
-            fn = attention_fn(path, args.causal)
-            sec = time_call(fn, inputs, args.repeats, args.min_time)
-            row = dict(
-                seq_len=seq_len,
-                path=path,
-                seconds=sec,
-                gflops_per_s=flops / sec / 1e9,
-                matrix_bytes=matrix,
-                profiler_peak_bytes=profiler_peak_bytes(fn, inputs),
-            )
-            if args.rss:
-                row["rss_peak_bytes"] = rss_peak_bytes(args, path, seq_len)
-            rows.append(row)
-            print_row(row, args.rss)
-    return rows
+    """Measure every (length, path) pair and return one row per pair, printing each as it is ready."""
+
+    def on_row(row: dict) -> None:
+        if args.rss:
+            row["rss_peak_bytes"] = rss_peak_bytes(args, row["path"], row["seq_len"])
+        print_row(row, args.rss)
+
+    return attention_cost(
+        args.lengths,
+        batch=args.batch,
+        n_heads=args.n_heads,
+        d_head=args.d_head,
+        dtype=getattr(torch, args.dtype),
+        causal=args.causal,
+        repeats=args.repeats,
+        min_time=args.min_time,
+        on_row=on_row,
+    )
 
 
 def print_header(rss: bool) -> None:
+    """The table's column names."""
     cols = f"{'L':>6} {'path':>9} {'ms/call':>10} {'GFLOP/s':>8} {'matrix MiB':>11} {'peak MiB':>9}"
     print(cols + (f" {'rss MiB':>8}" if rss else ""))
     print("-" * (len(cols) + (9 if rss else 0)))
 
 
 def print_row(row: dict, rss: bool) -> None:
+    """One measured row of the table."""
     mib = 2**20
     line = (
         f"{row['seq_len']:>6} {row['path']:>9} {row['seconds'] * 1e3:>10.2f} {row['gflops_per_s']:>8.1f} "

@@ -5,10 +5,11 @@
     python benchmarks/time_to_quality.py --optimizer adamw --activation gelu_tanh --dtype fp32 \\
         --lr 1e-3 --min-lr 1e-4 --warmup 100 --batch-size 12 --steps 2000 --no-fused  # reference recipe
 
-The reference trainer (SYLLABUS.md) reaches validation loss 1.886 after 2,000 iterations, about
-2 min 08 s on a 2-core CPU. The clock starts before the text is read and tokenized (after the
-Python imports) and stops at the first evaluation whose loss on the WHOLE validation split (the
-last 10% of the text, cut into non-overlapping windows: no sampling noise) is <= the target.
+The reference trainer (SYLLABUS.md) reaches validation loss 1.886 after 2,000 iterations on
+tiny-shakespeare (its own text and its random-batch estimate), about 2 min 08 s on a 2-core CPU.
+The clock starts before the text is read and tokenized (after the Python imports) and stops at
+the first evaluation whose loss on the WHOLE validation split (the last 10% of the text, cut into
+non-overlapping windows: no sampling noise) is <= the target.
 A cheap estimate on a few fixed validation batches runs every `--eval-interval` steps; the full
 pass runs, and counts in the time, only when that estimate is within `--margin` of the target.
 The load average is printed: other processes on the machine make every figure slower, and the
@@ -19,25 +20,21 @@ The default recipe is the best of those tried on companion's Shakespeare (seed 0
 the reference: 4 layers, 4 heads, width 128, context 64): Muon (companion.optim) for the blocks'
 matrices at peak learning rate 0.02 and AdamW at 5e-3 for embeddings, biases and norms, both on
 one schedule (50 warm-up steps, cosine decay over 400 steps to a tenth), batch 32, bf16
-autocast, and the exact (erf) GELU of the reference trainer rather than GPT-2's tanh form (the
-tanh GELU's kernels were about 10 ms per step slower here). Measured on a quiet 2-core AMD EPYC
-with avx512_bf16, the defaults reached 1.8733 after 350 steps (0.72M characters) in 20.1 s and
-23.8 s (two runs; the losses are deterministic, the times are not); seeds 1 and 2: 20.4 s
-(1.8637 at step 350) and 17.9 s (1.8856 at 300); in fp32 instead of bf16: 38.2 s; with one
-thread: 32.9 s. The reference trainer takes ~128 s, so the default is about 6x faster and 3x
-inside the 64 s target. Without bf16 instructions bf16 autocast is barely faster than fp32
-(measured on an earlier machine: 17.4k vs 16.5k tokens/s), so expect about the fp32 figure.
+autocast, and the exact (erf) GELU of the reference trainer rather than GPT-2's tanh form. The
+best AdamW recipe found uses the same settings with AdamW for everything and an 800-step schedule.
+Without bf16 instructions bf16 autocast is barely faster than fp32 (or slower), so pass
+`--dtype fp32` there.
 
-Tried on the same machine: AdamW at 5e-3 with the exact GELU reached the target at step 750
-(40.3 s; schedule of 800 steps), with the tanh GELU at step 750-800 (50-60 s); Muon with a 350-step
-schedule at step 350 (20.3 s), 300 steps (not reached), muon lr 0.04 (step 300, 19.6 s, 1.8874:
-too close to call), AdamW's part at 8e-3 (step 350, 20.3 s), batch 16 over 700 steps (step 550, 23.5 s),
-batch 64 over 220 steps (not reached, 27 s). Earlier, AdamW only, on a machine without bf16
-instructions (where AdamW with the tanh GELU over 900 steps took 86.9 s): batch 64, 2 x 256, 3 x 192, 4 x 192,
-3 x 256, batch 16, contexts 128 and 256, torch.compile (158 s: compiling costs more than it saves
-at this size) and betas (0.9, 0.95) were all slower. The reference recipe through this trainer
-(the command above) ends at 1.9245 on the whole validation split after 2,000 steps (113 s here);
-the reference's 1.886 is its own estimate on random validation batches.
+Measured figures live in a committed result, not here: `benchmarks/muon_vs_adamw.py` runs both
+recipes through this script for several seeds, times the parts of one step, and writes
+`companion/results/muon.json` (seeds, command, CPU, threads and load average included), which
+chapter 6 reads. Earlier exploration with this script, one seed per setting on a machine with
+avx512_bf16 and not re-measured since, found these slower or no better than the defaults: AdamW
+with the tanh GELU; a 300-step Muon schedule (target not reached); Muon at 0.04; AdamW's part at
+8e-3; batches of 16 or 64; 2 x 256, 3 x 192, 4 x 192 and 3 x 256 models; contexts of 128 and 256;
+torch.compile (compiling costs more than it saves at this size) and betas (0.9, 0.95). The
+reference's 1.886 is its own estimate on random validation batches of its own text, not a loss on
+the whole validation split of this one.
 """
 
 from __future__ import annotations

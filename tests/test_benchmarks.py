@@ -88,3 +88,73 @@ def test_generation_benchmark_checks_identical_tokens(capsys):
     text = capsys.readouterr().out
     assert "same tokens: True" in text and "same tokens: False" not in text
     assert result is not None
+
+
+@pytest.mark.slow
+def test_muon_vs_adamw_writes_every_seed_and_the_step_costs(text_file, tmp_path, capsys):
+    out = tmp_path / "muon.json"
+    result = load_benchmark("muon_vs_adamw").main(
+        [
+            "--text",
+            str(text_file),
+            "--target",
+            "3.5",
+            "--seeds",
+            "0",
+            "1",
+            "--threads",
+            "1",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+            "--extra",
+            "--n-layers",
+            "1",
+            "--d-model",
+            "32",
+            "--n-heads",
+            "2",
+            "--block-size",
+            "16",
+            "--batch-size",
+            "8",
+            "--steps",
+            "60",
+            "--eval-interval",
+            "10",
+            "--eval-steps",
+            "2",
+        ]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["command"].startswith("python benchmarks/muon_vs_adamw.py --text")
+    for name in ("muon", "adamw"):
+        assert [r["seed"] for r in result["runs"][name]] == [0, 1]
+        assert all(r["reached"] and r["full_val_loss"] <= 3.5 for r in result["runs"][name])
+    assert all(result["step_cost"][k] > 0 for k in ("forward_backward_ms", "adamw_step_ms", "muon_step_ms"))
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_committed_muon_result_has_what_chapter_6_reads():
+    from companion.experiments import committed
+
+    result = json.loads(committed("muon").read_text(encoding="utf-8"))
+    assert result["format"] == "companion-muon-benchmark" and result["version"] == 1
+    assert result["command"].startswith("python benchmarks/muon_vs_adamw.py")
+    assert result["target"] == 1.89 and len(result["seeds"]) >= 3
+    for name in ("muon", "adamw"):
+        runs = result["runs"][name]
+        assert [r["seed"] for r in runs] == result["seeds"]
+        for r in runs:
+            assert {"reached", "step", "full_val_loss", "seconds_to_target", "cpu_seconds_to_target"} <= set(r)
+            assert not r["reached"] or r["full_val_loss"] <= result["target"]
+    assert {
+        "forward_backward_ms",
+        "adamw_step_ms",
+        "muon_step_ms",
+        "newton_schulz_ms",
+        "tokens_per_batch",
+        "hidden_matrices",
+    } <= set(result["step_cost"])
+    assert {"cpu", "threads", "load_average_before", "load_average_after", "torch"} <= set(result["machine"])

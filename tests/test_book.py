@@ -80,7 +80,8 @@ class _LinkParser(html.parser.HTMLParser):
 
 
 PROGRESS_LINE = re.compile(r"\d+%\|[^|\n]*\|\s*\d+/\d+")  # tqdm: " 12%|█▏   | 120/1000"
-MAX_PROGRESS_LINES = 3
+MAX_PROGRESS_LINES = 3  # a bar's final line, plus a nested bar or two
+MIN_DIAGRAM_SCALE = 0.8  # a diagram's labels at least 80% of the body text size
 
 
 def progress_lines_per_output(html: str) -> list[int]:
@@ -209,6 +210,14 @@ def test_pages_render_offline(built_html, browser):
                 f"{page}: {checks['mermaid_blocks']} Mermaid blocks but {checks['mermaid_svgs']} rendered SVGs"
             )
             assert checks["broken_images"] == [], f"{page}: broken images {checks['broken_images']}"
+            small = [d for d in checks["diagrams"] if d["scale"] < MIN_DIAGRAM_SCALE]
+            assert not small, (
+                f"{page}: diagrams drawn below {MIN_DIAGRAM_SCALE:.0%} of the text size in a "
+                f"{checks['column_px']} px column (lay them out top to bottom or split them): "
+                + "; ".join(
+                    f"{d['natural']} px -> {d['rendered']} px ({d['scale']:.0%}): {d['label']!r}" for d in small
+                )
+            )
             diagrams += len(checks["diagrams"])
             if page.startswith("notebooks/"):
                 assert checks["mathjax"] > 0, f"{page}: no MathJax output (mjx-container)"
@@ -216,4 +225,4 @@ def test_pages_render_offline(built_html, browser):
                 assert "<mjx-container" in report.html
             saw_math |= checks["mathjax"] > 0
             saw_mermaid |= checks["mermaid_svgs"] > 0
-        assert saw_math and saw_mermaid and diagrams > 0
+        assert saw_math and saw_mermaid and diagrams >= 20

@@ -9,14 +9,20 @@ import torch.nn.functional as F
 
 from companion.attention import scaled_dot_product_attention
 from companion.efficiency import (
+    ATTENTION_PATHS,
     MODEL_SHAPES,
     DistillationModel,
+    attention_call,
+    attention_cost,
+    attention_inputs,
+    best_time,
     dequantize,
     distillation_loss,
     kv_cache_bytes,
     kv_cache_table,
     model_size_bytes,
     online_softmax,
+    profiler_peak_bytes,
     qparams,
     quantize,
     quantize_dynamic_int8,
@@ -210,3 +216,56 @@ def test_time_call():
     assert time_call(lambda: None, repeats=3) >= 0
     with pytest.raises(ValueError):
         time_call(lambda: None, repeats=0)
+
+
+# --------------------------------------------------------------------------- attention cost
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_call_paths_agree(causal):
+    q, k, v = attention_inputs(40, batch=2, n_heads=3, d_head=8, seed=1)
+    assert q.shape == (2, 3, 40, 8) and not torch.equal(q, k)
+    explicit, fused = (attention_call(p, causal)(q, k, v) for p in ATTENTION_PATHS)
+    torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="unknown attention path"):
+        attention_call("flash")
+    with pytest.raises(ValueError, match="positive"):
+        attention_inputs(0)
+
+
+def test_best_time_is_per_call_and_validates():
+    calls = []
+    assert 0 <= best_time(lambda: calls.append(1), repeats=2, min_time=0.01) < 0.01
+    assert len(calls) > 3  # warm-up, then short calls looped within each round
+    with pytest.raises(ValueError, match="repeats"):
+        best_time(lambda: None, repeats=0)
+
+
+def test_profiler_peak_bytes_sees_the_attention_matrices():
+    q, k, v = attention_inputs(256, n_heads=2, d_head=16)
+    matrix = 2 * 256 * 256 * 4  # one (1, 2, 256, 256) float32 matrix
+    explicit = profiler_peak_bytes(lambda: attention_call("explicit")(q, k, v))
+    fused = profiler_peak_bytes(lambda: attention_call("fused")(q, k, v))
+    assert 1.9 * matrix < explicit < 2.5 * matrix  # scores and weights live at the same time
+    assert fused < 0.5 * matrix  # the fused kernel never stores an (L, L) matrix
+    assert profiler_peak_bytes(lambda: None) == 0
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_attention_cost_rows_and_threads_restored():
+    before, seen = torch.get_num_threads(), []
+    rows = attention_cost([16, 32], n_heads=2, d_head=8, repeats=1, min_time=0.001, threads=1, on_row=seen.append)
+    assert torch.get_num_threads() == before
+    assert [(r["seq_len"], r["path"]) for r in rows] == [
+        (16, "explicit"),
+        (16, "fused"),
+        (32, "explicit"),
+        (32, "fused"),
+    ]
+    assert seen == rows
+    assert all(r["seconds"] > 0 and r["gflops_per_s"] > 0 for r in rows)
+    assert rows[2]["matrix_bytes"] == 2 * 32 * 32 * 4
+    with pytest.raises(ValueError, match="lengths"):
+        attention_cost([])
+    with pytest.raises(ValueError, match="lengths"):
+        attention_cost([16, 0])

@@ -12,6 +12,7 @@ from companion.interpret import (
     previous_token_scores,
     sequence_losses,
     trace,
+    weat_bootstrap_ci,
     weat_effect_size,
     weat_permutation_test,
 )
@@ -128,6 +129,35 @@ def test_weat_effect_size_and_permutation():
     assert d == pytest.approx(((sx.mean() - sy.mean()) / torch.cat([sx, sy]).std()).item(), rel=1e-5)
     with pytest.raises(ValueError):
         weat_effect_size(X, Y[:, :5], A, B)
+
+
+def test_weat_bootstrap_ci():
+    g = torch.Generator().manual_seed(5)
+    a_dir, b_dir = torch.zeros(20), torch.zeros(20)
+    a_dir[0], b_dir[1] = 1, 1
+    A = a_dir + 0.1 * torch.randn(6, 20, generator=g)
+    B = b_dir + 0.1 * torch.randn(6, 20, generator=g)
+    X = a_dir + 0.5 * torch.randn(8, 20, generator=g)
+    Y = b_dir + 0.5 * torch.randn(8, 20, generator=g)
+    d = weat_effect_size(X, Y, A, B)
+    lo, hi = weat_bootstrap_ci(X, Y, A, B, n_boot=500, seed=0)
+    assert 0 < lo < d < hi  # a strong association: the interval excludes 0 and holds the estimate
+    assert (lo, hi) == weat_bootstrap_ci(X, Y, A, B, n_boot=500, seed=0)  # deterministic under its seed
+    lo_t, hi_t = weat_bootstrap_ci(X, Y, A, B, n_boot=500, seed=0, resample_attributes=False)
+    assert lo_t < d < hi_t
+    # targets with no association: the interval holds 0
+    X0, Y0 = (0.5 * torch.randn(8, 20, generator=g) + a_dir + b_dir for _ in range(2))
+    lo0, hi0 = weat_bootstrap_ci(X0, Y0, A, B, n_boot=500, seed=1)
+    assert lo0 < 0 < hi0
+    # with every word resampled, a 0.8 interval is narrower than a 0.95 one
+    lo8, hi8 = weat_bootstrap_ci(X, Y, A, B, n_boot=500, ci=0.8, seed=0)
+    assert lo <= lo8 and hi8 <= hi
+    with pytest.raises(ValueError):
+        weat_bootstrap_ci(X, Y, A, B, n_boot=0)
+    with pytest.raises(ValueError):
+        weat_bootstrap_ci(X, Y, A, B, ci=1.5)
+    with pytest.raises(ValueError):
+        weat_bootstrap_ci(X, Y[:, :5], A, B)
 
 
 def test_memorisation_helpers():

@@ -196,6 +196,23 @@ def test_counts_and_unseen_share():
     assert model.unseen_share(heldout, 3) > model.unseen_share(heldout, 1)
 
 
+def test_singleton_share_counts_ngrams_seen_once():
+    from collections import Counter
+
+    train = "the cat sat on the mat"
+    model = NGramModel(4).fit(train)
+    for order in (1, 2, 3, 4):
+        counts = Counter(train[i : i + order] for i in range(len(train) - order + 1))
+        expected = sum(c == 1 for c in counts.values()) / len(counts)
+        assert model.singleton_share(order) == pytest.approx(expected)
+    assert model.singleton_share() == model.singleton_share(4)
+    assert model.submodel(2).singleton_share() == model.singleton_share(2)
+    with pytest.raises(ValueError, match="order must be between 1 and n=4"):
+        model.singleton_share(5)
+    with pytest.raises(ValueError, match="not fitted"):
+        NGramModel(2).singleton_share()
+
+
 def test_sampling_is_seeded_and_respects_prompt():
     model = NGramModel(3).fit(random_text(random.Random(0), 500))
     a = model.sample(40, seed=1, prompt="ab")

@@ -1,5 +1,6 @@
 r"""Making models cheaper: int8 quantisation, model size, KV-cache memory, tiled attention with the
-online softmax (the FlashAttention idea), knowledge distillation and the energy of training.
+online softmax (the FlashAttention idea), the measured time and memory of attention, knowledge
+distillation and the energy of training.
 
 Quantisation maps a real tensor $x$ to integers $q = \operatorname{clamp}(\operatorname{round}(x/s) + z,
 q_{min}, q_{max})$ with scale $s$ and zero point $z$, and back by $\hat x = s (q - z)$; inside the
@@ -8,8 +9,11 @@ clamping range $|x - \hat x| \le s/2$ (Jacob et al. 2018).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -20,19 +24,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from companion.attention import causal_mask
+from companion.attention import causal_mask, scaled_dot_product_attention
 from companion.generation import kv_cache_bytes
 
 __all__ = [
+    "ATTENTION_PATHS",
     "MODEL_SHAPES",
     "DistillationModel",
     "QParams",
+    "attention_call",
+    "attention_cost",
+    "attention_inputs",
+    "best_time",
     "dequantize",
     "distillation_loss",
     "kv_cache_bytes",
     "kv_cache_table",
     "model_size_bytes",
     "online_softmax",
+    "profiler_peak_bytes",
     "qparams",
     "quantize",
     "quantize_dynamic_int8",
@@ -256,6 +266,132 @@ def tiled_attention(q: Tensor, k: Tensor, v: Tensor, block_size: int = 64, *, is
     return torch.where(ell > 0, o / ell.clamp(min=torch.finfo(q.dtype).tiny), torch.zeros_like(o))
 
 
+# --------------------------------------------------------------------------- attention cost
+
+ATTENTION_PATHS = ("explicit", "fused")
+
+
+def attention_call(path: str, causal: bool = False) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """(q, k, v) -> out: "explicit" = the package's attention (full (L, S) matrices), "fused" = PyTorch's."""
+    if path == "explicit":
+        return lambda q, k, v: scaled_dot_product_attention(q, k, v, is_causal=causal)
+    if path == "fused":
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    raise ValueError(f"unknown attention path {path!r}, expected one of {ATTENTION_PATHS}")
+
+
+def attention_inputs(
+    seq_len: int, batch: int = 1, n_heads: int = 8, d_head: int = 64, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Seeded standard-normal q, k, v, each of shape (batch, n_heads, seq_len, d_head)."""
+    if min(seq_len, batch, n_heads, d_head) < 1:
+        raise ValueError(f"sizes must be positive, got {(seq_len, batch, n_heads, d_head)}")
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(batch, n_heads, seq_len, d_head, generator=g, dtype=dtype) for _ in range(3))
+
+
+def best_time(fn: Callable[[], Any], repeats: int = 3, min_time: float = 0.1) -> float:
+    """Seconds per call of `fn()`: the best of `repeats` rounds of min_time / repeats each, after a warm-up.
+
+    The minimum, as `timeit` recommends: noise from other processes only ever adds time.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    fn()
+    times = []
+    for _ in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < min_time / repeats or n == 0:  # loop short calls
+            fn()
+            n += 1
+        times.append(elapsed / n)
+    return min(times)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send file descriptor 2 to /dev/null: the profiler's C++ side prints start/stop lines there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def profiler_peak_bytes(fn: Callable[[], Any]) -> int:
+    """Peak extra tensor bytes during one call of `fn()`: the running sum, op by op, of the bytes that
+    PyTorch's CPU allocator hands out and takes back (torch.profiler; scratch freed inside an op nets out)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        # ops carry the net bytes they allocated themselves; "[memory]" events happened outside any op
+        live += e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def _measure_attention(
+    path: str, causal: bool, q: Tensor, k: Tensor, v: Tensor, repeats: int, min_time: float
+) -> dict[str, Any]:
+    """One row of :func:`attention_cost` for q, k, v of shape (B, h, L, d_head)."""
+    B, h, L, d = q.shape
+    fn = attention_call(path, causal)
+    seconds = best_time(lambda: fn(q, k, v), repeats, min_time)
+    return dict(
+        seq_len=L,
+        path=path,
+        seconds=seconds,
+        gflops_per_s=4 * B * h * L * L * d / seconds / 1e9,
+        matrix_bytes=B * h * L * L * q.element_size(),  # ONE (B, h, L, L) matrix
+        profiler_peak_bytes=profiler_peak_bytes(lambda: fn(q, k, v)),
+    )
+
+
+def attention_cost(
+    lengths: list[int],
+    *,
+    batch: int = 1,
+    n_heads: int = 8,
+    d_head: int = 64,
+    dtype: torch.dtype = torch.float32,
+    causal: bool = False,
+    repeats: int = 3,
+    min_time: float = 0.1,
+    threads: int | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Time and memory of one attention call per (length, path): rows {seq_len, path, seconds,
+    gflops_per_s, matrix_bytes, profiler_peak_bytes}.
+
+    `seconds` from :func:`best_time`; FLOPs count Q K^T and A V; `matrix_bytes` is the analytic size
+    of one (batch, n_heads, L, L) matrix. `threads` sets torch's thread count during the measurement
+    only; `on_row(row)` is called as each row is ready (to print progress).
+    """
+    if not lengths or any(n < 1 for n in lengths):
+        raise ValueError(f"lengths must be a non-empty list of positive integers, got {lengths}")
+    old_threads, rows = torch.get_num_threads(), []
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for seq_len in lengths:
+                q, k, v = attention_inputs(seq_len, batch, n_heads, d_head, dtype)
+                for path in ATTENTION_PATHS:
+                    rows.append(_measure_attention(path, causal, q, k, v, repeats, min_time))
+                    if on_row is not None:
+                        on_row(rows[-1])
+    finally:
+        torch.set_num_threads(old_threads)
+    return rows
+
+
 # --------------------------------------------------------------------------- distillation
 
 
@@ -266,9 +402,9 @@ def distillation_loss(
     targets: Tensor | None = None,
     alpha: float = 1.0,
 ) -> Tensor:
-    r"""Hinton et al. (2015):
-    $\alpha\, \tau^2\, \mathrm{KL}(p_T^{\tau} \,\|\, p_S^{\tau}) + (1-\alpha)\, \mathrm{CE}(y, p_S)$.
+    r"""Hinton et al. (2015): the distillation loss of a student against a teacher.
 
+    $\alpha\, \tau^2\, \mathrm{KL}(p_T^{\tau} \,\|\, p_S^{\tau}) + (1-\alpha)\, \mathrm{CE}(y, p_S)$, where
     $p^{\tau} = \operatorname{softmax}(z / \tau)$; the $\tau^2$ keeps the gradient scale of the soft
     term independent of $\tau$. Logits (..., V); targets (...) with -100 = ignore.
     """

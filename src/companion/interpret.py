@@ -26,6 +26,7 @@ __all__ = [
     "previous_token_scores",
     "sequence_losses",
     "trace",
+    "weat_bootstrap_ci",
     "weat_effect_size",
     "weat_permutation_test",
 ]
@@ -243,6 +244,48 @@ def weat_permutation_test(
     shuffled = s[perms]  # (n_permutations, n)
     stats = shuffled[:, :n_x].sum(dim=1) - shuffled[:, n_x:].sum(dim=1)
     return ((stats >= observed - 1e-12).sum().item() + 1) / (n_permutations + 1)
+
+
+def weat_bootstrap_ci(
+    X: Tensor,
+    Y: Tensor,
+    A: Tensor,
+    B: Tensor,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+    resample_attributes: bool = True,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the WEAT effect size d over the choice of words.
+
+    Each resample draws the target words of X and of Y with replacement (and, when
+    `resample_attributes`, the attribute words of A and of B too) and recomputes d, so the
+    interval shows how much d depends on which words happened to be in the lists.
+    """
+    _check_sets(X, Y, A, B)
+    if n_boot < 1 or not 0 < ci < 1:
+        raise ValueError(f"need n_boot >= 1 and 0 < ci < 1, got {n_boot}, {ci}")
+    n_x, n_y, n_a, n_b = X.shape[0], Y.shape[0], A.shape[0], B.shape[0]
+    w = F.normalize(torch.cat([X, Y]).float(), dim=-1)  # (n_x + n_y, d)
+    cos_a = w @ F.normalize(A.float(), dim=-1).T  # (n_x + n_y, n_a)
+    cos_b = w @ F.normalize(B.float(), dim=-1).T  # (n_x + n_y, n_b)
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.cat(
+        [torch.randint(0, n_x, (n_boot, n_x), generator=g), n_x + torch.randint(0, n_y, (n_boot, n_y), generator=g)],
+        dim=1,
+    )  # (n_boot, n_x + n_y)
+    if resample_attributes:
+        cols_a = torch.randint(0, n_a, (n_boot, n_a), generator=g)  # (n_boot, n_a)
+        cols_b = torch.randint(0, n_b, (n_boot, n_b), generator=g)
+    else:
+        cols_a, cols_b = torch.arange(n_a).expand(n_boot, n_a), torch.arange(n_b).expand(n_boot, n_b)
+    s = cos_a[rows.unsqueeze(-1), cols_a.unsqueeze(1)].mean(-1) - cos_b[rows.unsqueeze(-1), cols_b.unsqueeze(1)].mean(
+        -1
+    )  # (n_boot, n_x + n_y)
+    d = (s[:, :n_x].mean(dim=1) - s[:, n_x:].mean(dim=1)) / s.std(dim=1)  # (n_boot,)
+    d = d[torch.isfinite(d)]  # a resample of one repeated word has no spread
+    lo, hi = torch.quantile(d, torch.tensor([(1 - ci) / 2, (1 + ci) / 2]))
+    return lo.item(), hi.item()
 
 
 # --------------------------------------------------------------------------- memorisation

@@ -1,4 +1,10 @@
-r"""Evaluation metrics for classifiers: accuracy, confusion matrix, F1, and mean ± std over seeds.
+r"""Evaluation metrics: bits per character / byte for language models; classifier accuracy, F1, mean ± std.
+
+A language model's total negative log-likelihood of a text, $-\sum_t \ln P(x_t \mid x_{<t})$ in
+nats, does not depend on how the text was cut into tokens, so dividing it by a property of the
+*text* gives a score that models with different tokenizers share:
+bits per character $= (\text{total nats} / \ln 2) / \text{characters}$, and bits per byte the same
+over the text's UTF-8 bytes. (Per-token perplexities are comparable only within one tokenizer.)
 
 With predictions $\hat y_i$ and labels $y_i$ for $i = 1..N$ and classes $0..K-1$:
 accuracy $= \frac1N \sum_i [\hat y_i = y_i]$; the confusion matrix $C_{ab}$ counts examples of
@@ -15,7 +21,39 @@ from typing import Any
 
 import torch
 
-__all__ = ["accuracy", "check_labels", "classification_report", "confusion_matrix", "f1_scores", "macro_f1", "mean_std"]
+__all__ = [
+    "accuracy",
+    "bits_per_byte",
+    "bits_per_character",
+    "check_labels",
+    "classification_report",
+    "confusion_matrix",
+    "f1_scores",
+    "macro_f1",
+    "mean_std",
+]
+
+
+def _bits_per(total_nats: float, n: int, unit: str) -> float:
+    """total_nats / ln 2 / n, after checking both."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of {unit}s must be a positive int (or a non-empty str), got {n!r}")
+    total = float(total_nats)
+    if not total >= 0.0:  # also rejects NaN
+        raise ValueError(f"total_nats must be a non-negative total negative log-likelihood, got {total_nats!r}")
+    return total / math.log(2) / n
+
+
+def bits_per_character(total_nats: float, text_or_n_chars: str | int) -> float:
+    """Bits per character: (total NLL in nats / ln 2) / number of characters of the scored text."""
+    n = len(text_or_n_chars) if isinstance(text_or_n_chars, str) else text_or_n_chars
+    return _bits_per(total_nats, n, "character")
+
+
+def bits_per_byte(total_nats: float, text_or_n_bytes: str | int) -> float:
+    """Bits per UTF-8 byte: (total NLL in nats / ln 2) / number of bytes of the scored text."""
+    n = len(text_or_n_bytes.encode("utf-8")) if isinstance(text_or_n_bytes, str) else text_or_n_bytes
+    return _bits_per(total_nats, n, "byte")
 
 
 def check_labels(labels: Any, n_classes: int, name: str = "labels") -> torch.Tensor:

@@ -216,6 +216,15 @@ class NGramModel:
             raise ValueError(f"order must be between 1 and n={self.n}, got {order}")
         return len(self._keys[order])
 
+    def singleton_share(self, order: int | None = None) -> float:
+        """Share of the distinct ``order``-grams (default n) of the training text seen exactly once."""
+        self._check_fitted()
+        order = self.n if order is None else order
+        if not 1 <= order <= self.n:
+            raise ValueError(f"order must be between 1 and n={self.n}, got {order}")
+        counts = self._counts[order]
+        return float(np.mean(counts == 1)) if len(counts) else 0.0
+
     # ------------------------------------------------------------------ probabilities
 
     def _probs(self, ctx: list[np.ndarray], tok: np.ndarray, max_order: np.ndarray) -> np.ndarray:

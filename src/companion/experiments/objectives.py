@@ -8,8 +8,17 @@ the corrupted window on both sides, the causal model predicts each hidden charac
 text to its left. It writes one small JSON (curves of validation loss and blank-filling accuracy,
 the fills of a few sentences at the end, and how and where it ran) that chapter 5 plots.
 
-    python -m companion.experiments.objectives                        # ~12 min on 2 cores
-    python -m companion.experiments.objectives --preset tiny --out /tmp/objectives.json
+Every seed in the preset trains both models again (seed = initial weights, batches and masks);
+the blank-filling test is the same for every seed, so the two models and the seeds are compared
+on the same items (a paired comparison). The JSON keeps every seed's curves, and at every
+measurement the 2 x 2 table of which blanks each model got right, from which `summarize` derives
+means, standard errors across seeds and the binomial standard error of the test itself.
+
+    python -m companion.experiments.objectives --threads 1            # -> ./objectives_full.json
+    python -m companion.experiments.objectives --preset tiny          # -> ./objectives_tiny.json
+    python -m companion.experiments.objectives --threads 1 --out src/companion/results/objectives.json
+
+Only an explicit ``--out`` replaces the committed result that chapter 5 reads.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import platform
 import sys
@@ -30,14 +40,16 @@ import torch
 from torch import nn
 
 from companion.data import load_corpus
+from companion.experiments import committed, default_out
 from companion.models import GPT, EncoderConfig, EncoderForMaskedLM, GPTConfig
 from companion.objectives import MaskedLM
 from companion.positional import sinusoidal_encoding
 from companion.tokenization import CharTokenizer
 from companion.training import TrainConfig, train
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "objectives.json"
+NAME = "objectives"
 FORMAT = "companion-objectives"
+VERSION = 2
 SENTENCES = (
     "The k_ng is dead; long live the k_ng!",
     "I pr_y you, good my l_rd, what n_ws from the c_urt?",
@@ -79,7 +91,13 @@ class ObjectivesConfig:
     fill_windows: int = 512  # held-out windows of the blank-filling test
     mask_prob: float = 0.15
     corpus_chars: int | None = None  # use only the first this many characters (None: all)
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)  # one training run of each model per seed
+    test_seed: int = 0  # the blank-filling test: the same for every training seed
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
 
     def shape(self) -> dict[str, Any]:
         """The model shape both objectives share (pre-LN, no dropout)."""
@@ -92,8 +110,8 @@ class ObjectivesConfig:
             norm="pre",
         )
 
-    def train_config(self) -> TrainConfig:
-        """The trainer's configuration, the same for both runs."""
+    def train_config(self, seed: int | None = None) -> TrainConfig:
+        """The trainer's configuration, the same for both runs (default seed: the first)."""
         return TrainConfig(
             steps=self.steps,
             batch_size=self.batch_size,
@@ -103,13 +121,18 @@ class ObjectivesConfig:
             warmup_steps=self.warmup_steps,
             eval_interval=self.eval_interval,
             eval_steps=self.eval_steps,
-            seed=self.seed,
+            seed=self.seeds[0] if seed is None else seed,
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples as lists, as they come back from a JSON file)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 PRESETS = {
     "notebook": ObjectivesConfig("notebook"),  # what chapter 5 trains live
-    "full": ObjectivesConfig("full", steps=5000, eval_interval=250),
+    # 3,000 steps (not 5,000) so that three seeds of both models fit in about an hour on one core
+    "full": ObjectivesConfig("full", steps=3000, eval_interval=250, seeds=(0, 1, 2)),
     "tiny": ObjectivesConfig(
         "tiny",
         n_layers=1,
@@ -121,6 +144,7 @@ PRESETS = {
         eval_steps=2,
         fill_windows=32,
         corpus_chars=60_000,
+        seeds=(0, 1),
     ),
 }
 
@@ -160,11 +184,11 @@ def sinusoidal_start(pos_emb: nn.Embedding, scale: float = 0.1) -> None:
         pos_emb.weight.copy_(scale * sinusoidal_encoding(*pos_emb.weight.shape))
 
 
-def build_models(cfg: ObjectivesConfig, vocab_size: int) -> dict[str, nn.Module]:
+def build_models(cfg: ObjectivesConfig, vocab_size: int, seed: int = 0) -> dict[str, nn.Module]:
     """A GPT and an encoder of the same shape, same seed, both with the sinusoidal start."""
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     gpt = GPT(GPTConfig(vocab_size=vocab_size, **cfg.shape()))
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     bert = EncoderForMaskedLM(EncoderConfig(vocab_size=vocab_size, **cfg.shape()))
     sinusoidal_start(gpt.pos_emb)
     sinusoidal_start(bert.encoder.pos_emb)
@@ -183,10 +207,10 @@ def blank_test(
 
 
 @torch.no_grad()
-def fill_blanks(
+def fill_predictions(
     model: nn.Module, kind: str, windows: torch.Tensor, hide: torch.Tensor, mask_id: int
-) -> tuple[float, float]:
-    """(accuracy, cross-entropy in nats) of the model's guesses of the hidden characters.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per hidden character: (guessed right, bool (n_hidden,); its negative log-probability (n_hidden,)).
 
     kind "mlm": one pass over windows[:, 1:] with every hidden character replaced by [MASK];
     kind "clm": the causal model predicts windows[:, 1:] from the true text to the left.
@@ -202,9 +226,17 @@ def fill_blanks(
         raise ValueError(f"kind must be 'clm' or 'mlm', got {kind!r}")
     model.train(was_training)
     logits = logits[..., :mask_id]  # (n, T, characters): never guess [MASK] itself
-    accuracy = (logits.argmax(-1) == x)[hide].float().mean().item()
-    ce = torch.nn.functional.cross_entropy(logits[hide], x[hide]).item()
-    return accuracy, ce
+    right = (logits.argmax(-1) == x)[hide]  # (n_hidden,)
+    nll = torch.nn.functional.cross_entropy(logits[hide], x[hide], reduction="none")  # (n_hidden,)
+    return right, nll
+
+
+def fill_blanks(
+    model: nn.Module, kind: str, windows: torch.Tensor, hide: torch.Tensor, mask_id: int
+) -> tuple[float, float]:
+    """(accuracy, cross-entropy in nats) of the model's guesses of the hidden characters."""
+    right, nll = fill_predictions(model, kind, windows, hide, mask_id)
+    return right.float().mean().item(), nll.mean().item()
 
 
 @torch.no_grad()
@@ -229,44 +261,97 @@ def fill_sentence(model: nn.Module, kind: str, sentence: str, tok: CharTokenizer
     return out
 
 
-def run(cfg: ObjectivesConfig, progress: bool = False) -> dict[str, Any]:
-    """Train both models with `cfg`; return the JSON-ready result."""
-    data = load_chars(cfg.corpus_chars)
-    models = build_models(cfg, data.vocab_size)
-    windows, hide = blank_test(data.val_ids, cfg.block_size, cfg.fill_windows, cfg.mask_prob, cfg.seed)
-    tcfg = cfg.train_config()
+def run_seed(
+    cfg: ObjectivesConfig, data: CharData, windows: torch.Tensor, hide: torch.Tensor, seed: int, progress: bool = False
+) -> dict[str, Any]:
+    """Train both models from `seed`; their curves and the paired 2 x 2 tables of the blank test."""
+    models = build_models(cfg, data.vocab_size, seed)
+    right_clm: dict[int, torch.Tensor] = {}  # step -> which blanks the causal model got right
+    paired: dict[str, list[int]] = {"step": [], "both": [], "mlm_only": [], "clm_only": [], "neither": []}
     runs: dict[str, Any] = {}
-    for kind, model in models.items():
-        curve: dict[str, list[float]] = {"step": [], "fill_accuracy": [], "fill_cross_entropy": []}
+    for kind, model in models.items():  # "clm" first, so its answers are there for the tables
+        runs[kind] = _train_and_measure(cfg, data, windows, hide, kind, model, seed, right_clm, paired, progress)
+    runs["paired"] = paired
+    return runs
 
-        def measure(step: int, _history: Any = None, model=model, kind=kind, curve=curve) -> None:  # callback
-            if step % cfg.eval_interval == 0 or step == cfg.steps:
-                acc, ce = fill_blanks(model, kind, windows, hide, data.mask_id)
-                curve["step"].append(step)
-                curve["fill_accuracy"].append(round(acc, 5))
-                curve["fill_cross_entropy"].append(round(ce, 5))
 
-        measure(0)
-        objective = "clm" if kind == "clm" else MaskedLM(data.mask_id, data.vocab_size, cfg.mask_prob)
-        t0, c0 = time.perf_counter(), time.process_time()
-        history = train(
-            model, data.train_ids, data.val_ids, tcfg, objective=objective, progress=progress, callback=measure
+def _train_and_measure(
+    cfg: ObjectivesConfig,
+    data: CharData,
+    windows: torch.Tensor,
+    hide: torch.Tensor,
+    kind: str,
+    model: nn.Module,
+    seed: int,
+    right_clm: dict[int, torch.Tensor],
+    paired: dict[str, list[int]],
+    progress: bool,
+) -> dict[str, Any]:
+    """Train one model, measuring the blank test every `eval_interval` steps; its JSON record."""
+    curve: dict[str, list[float]] = {"step": [], "fill_accuracy": [], "fill_cross_entropy": []}
+
+    def measure(step: int, _history: Any = None) -> None:  # train()'s callback
+        if step % cfg.eval_interval and step != cfg.steps:
+            return
+        right, nll = fill_predictions(model, kind, windows, hide, data.mask_id)
+        curve["step"].append(step)
+        curve["fill_accuracy"].append(round(right.float().mean().item(), 5))
+        curve["fill_cross_entropy"].append(round(nll.mean().item(), 5))
+        if kind == "clm":
+            right_clm[step] = right
+            return
+        c = right_clm[step]
+        for key, n in (
+            ("step", step),
+            ("both", int((right & c).sum())),
+            ("mlm_only", int((right & ~c).sum())),
+            ("clm_only", int((~right & c).sum())),
+            ("neither", int((~right & ~c).sum())),
+        ):
+            paired[key].append(n)
+
+    measure(0)
+    objective = "clm" if kind == "clm" else MaskedLM(data.mask_id, data.vocab_size, cfg.mask_prob)
+    t0, c0 = time.perf_counter(), time.process_time()
+    history = train(
+        model,
+        data.train_ids,
+        data.val_ids,
+        cfg.train_config(seed),
+        objective=objective,
+        progress=progress,
+        callback=measure,
+    )
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "cpu_seconds": round(time.process_time() - c0, 1),
+        "eval_step": history.eval_step,
+        "val_loss": [round(v, 5) for v in history.val_loss],
+        **curve,
+        "sentences": {
+            s: fill_sentence(model, kind, s, data.tok, data.mask_id) for s in SENTENCES if len(s) <= cfg.block_size
+        },
+    }
+
+
+def run(cfg: ObjectivesConfig, progress: bool = False) -> dict[str, Any]:
+    """Train both models once per seed of `cfg`; return the JSON-ready result."""
+    data = load_chars(cfg.corpus_chars)
+    windows, hide = blank_test(data.val_ids, cfg.block_size, cfg.fill_windows, cfg.mask_prob, cfg.test_seed)
+    runs = {}
+    for seed in cfg.seeds:
+        runs[str(seed)] = run_seed(cfg, data, windows, hide, seed, progress)
+        print(
+            f"seed {seed}: "
+            + ", ".join(f"{k} accuracy {runs[str(seed)][k]['fill_accuracy'][-1]:.3f}" for k in ("clm", "mlm")),
+            flush=True,
         )
-        runs[kind] = {
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "wall_seconds": round(time.perf_counter() - t0, 1),
-            "cpu_seconds": round(time.process_time() - c0, 1),
-            "eval_step": history.eval_step,
-            "val_loss": [round(v, 5) for v in history.val_loss],
-            **curve,
-            "sentences": {
-                s: fill_sentence(model, kind, s, data.tok, data.mask_id) for s in SENTENCES if len(s) <= cfg.block_size
-            },
-        }
     return {
         "format": FORMAT,
-        "version": 1,
-        "config": dataclasses.asdict(cfg),
+        "version": VERSION,
+        "config": cfg.to_dict(),
+        "seeds": list(cfg.seeds),
         "characters": {"train": len(data.train_ids), "val": len(data.val_ids), "vocab_size": data.vocab_size},
         "hidden_characters": int(hide.sum()),
         "runs": runs,
@@ -274,19 +359,70 @@ def run(cfg: ObjectivesConfig, progress: bool = False) -> dict[str, Any]:
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "torch_version": torch.__version__,
             "python_version": platform.python_version(),
+            "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "device": str(next(models["clm"].parameters()).device),
+            "device": "cpu",
         },
     }
 
 
-def load_result(path: str | Path = DEFAULT_OUT) -> dict[str, Any]:
+def load_result(path: str | Path | None = None) -> dict[str, Any]:
     """Read a JSON written by this script (by default the committed full run)."""
+    path = committed(NAME) if path is None else Path(path)
     result = json.loads(Path(path).read_text(encoding="utf-8"))
-    if result.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} file (format {result.get('format')!r})")
+    if result.get("format") != FORMAT or result.get("version") != VERSION:
+        raise ValueError(
+            f"{path} is not a {FORMAT} file of version {VERSION} "
+            f"(format {result.get('format')!r}, version {result.get('version')!r})"
+        )
     return result
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """Per measurement step: accuracy of each model over the seeds, and the paired difference.
+
+    For each kind: mean accuracy over seeds, its standard error across seeds (sample std / sqrt(S))
+    and the binomial standard error of an accuracy p on the n test items, sqrt(p (1 - p) / n). For
+    the difference masked - causal: its mean over seeds, the standard error across seeds, and the
+    test's own (paired) sampling error from the 2 x 2 tables, sqrt((b + c)/n - ((b - c)/n)^2) / sqrt(n)
+    with b, c the blanks only one model got right.
+    """
+    runs = [result["runs"][str(s)] for s in result["seeds"]]
+    n, S = result["hidden_characters"], len(runs)
+    out: dict[str, Any] = {"step": runs[0]["mlm"]["step"], "seeds": S, "items": n}
+    for kind in ("clm", "mlm"):
+        acc = torch.tensor([r[kind]["fill_accuracy"] for r in runs], dtype=torch.float64)  # (S, steps)
+        mean = acc.mean(0)
+        out[kind] = {
+            "mean": mean.tolist(),
+            "se_seeds": _se(acc).tolist(),
+            "se_binomial": (mean * (1 - mean) / n).sqrt().tolist(),
+        }
+    diff = torch.tensor(
+        [[(m - c) / n for m, c in zip(r["paired"]["mlm_only"], r["paired"]["clm_only"])] for r in runs],
+        dtype=torch.float64,
+    )  # (S, steps): mlm accuracy - clm accuracy
+    discordant = torch.tensor(
+        [[(m + c) / n for m, c in zip(r["paired"]["mlm_only"], r["paired"]["clm_only"])] for r in runs],
+        dtype=torch.float64,
+    ).mean(0)
+    se_test = ((discordant - diff.mean(0) ** 2).clamp_min(0) / n).sqrt()
+    out["diff"] = {
+        "mean": diff.mean(0).tolist(),
+        "se_seeds": _se(diff).tolist(),
+        "se_test": se_test.tolist(),
+        "se": (_se(diff) ** 2 + se_test**2).sqrt().tolist(),
+        "per_seed": diff.tolist(),
+    }
+    return out
+
+
+def _se(x: torch.Tensor) -> torch.Tensor:
+    """Standard error of the mean over the first axis (zeros for a single row)."""
+    if x.shape[0] < 2:
+        return torch.zeros(x.shape[1:], dtype=x.dtype)
+    return x.std(0, unbiased=True) / math.sqrt(x.shape[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,7 +435,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", choices=sorted(PRESETS), default="full")
     p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default: {DEFAULT_OUT})")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON output (default: ./objectives_<preset>.json; the committed result is "
+        "replaced only when this names it)",
+    )
     p.add_argument("--progress", action="store_true", help="show the trainer's progress bars")
     args = p.parse_args(argv)
     if args.threads:
@@ -307,20 +450,26 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PRESETS[args.preset]
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps)
+    if args.seeds is not None:
+        cfg = dataclasses.replace(cfg, seeds=tuple(args.seeds))
+    out = args.out or default_out(NAME, args.preset)
     t0 = time.perf_counter()
     result = run(cfg, progress=args.progress)
     result["command"] = " ".join(
         ["python -m companion.experiments.objectives", *(sys.argv[1:] if argv is None else argv)]
     )
     result["metadata"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    for kind, r in result["runs"].items():
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    summary = summarize(result)
+    for kind in ("clm", "mlm"):
         print(
-            f"{kind}: validation loss {r['val_loss'][-1]:.3f}, blank-filling accuracy "
-            f"{r['fill_accuracy'][-1]:.3f} after {cfg.steps} steps ({r['wall_seconds']:.0f} s)"
+            f"{kind}: blank-filling accuracy {summary[kind]['mean'][-1]:.3f} +- "
+            f"{summary[kind]['se_seeds'][-1]:.3f} (seeds) +- {summary[kind]['se_binomial'][-1]:.3f} (test) "
+            f"after {cfg.steps} steps, {len(cfg.seeds)} seeds"
         )
-    print(f"wrote {args.out}")
+    print(f"masked - causal: {summary['diff']['mean'][-1]:+.3f} +- {summary['diff']['se'][-1]:.3f}")
+    print(f"wrote {out}")
     return 0
 
 
