@@ -4,10 +4,10 @@
     python benchmarks/attention_cost.py --lengths 256 1024 --causal --json /tmp/cost.json
     python benchmarks/attention_cost.py --rss                # also measure peak RSS in subprocesses
 
-The measurements themselves are ``companion.efficiency.attention_cost`` (which Chapter 3 calls);
+The measurements themselves are ``companion.analysis.efficiency.attention_cost`` (which Chapter 3 calls);
 this script adds the command line, the ``--rss`` cross-check and a JSON file.
 
-The explicit path is ``companion.attention.scaled_dot_product_attention`` (it forms the full
+The explicit path is ``companion.nn.attention.scaled_dot_product_attention`` (it forms the full
 (L, L) score and weight matrices); the fused path is ``torch.nn.functional.
 scaled_dot_product_attention`` (on CPU a FlashAttention-style kernel that works block by block
 and never stores the whole matrix). Both run under ``torch.no_grad()`` in float32 by default.
@@ -40,7 +40,7 @@ import sys
 
 import torch
 
-from companion.efficiency import ATTENTION_PATHS, attention_call, attention_cost, attention_inputs
+from companion.analysis.efficiency import ATTENTION_PATHS, attention_call, attention_cost, attention_inputs
 
 PATHS = ATTENTION_PATHS
 

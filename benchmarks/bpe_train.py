@@ -24,8 +24,8 @@ import statistics
 import sys
 import time
 
-from companion.bpe import BPETokenizer
-from companion.data import load_corpus
+from companion.text.bpe import BPETokenizer
+from companion.text.corpora import load_corpus
 
 
 def corpora() -> dict[str, str]:

@@ -9,15 +9,15 @@ nanoGPT's Shakespeare model) and random GPT-2-style weights: speed does not depe
 weights are. It generates 448 tokens greedily after a 64-token prompt, so the last step sees
 all 512 positions. Three ways are timed:
 
-* ``ours, KV cache``: ``companion.generation.generate(..., use_cache=True)`` (a preallocated
+* ``ours, KV cache``: ``companion.inference.generation.generate(..., use_cache=True)`` (a preallocated
   ``KVCache`` that the attention layers write in place, else ``torch.cat`` per step: the
   table's header says which) on the model as it is;
-* ``ours, packed``: the same call on ``companion.packing.packed_for_inference(model)``, an
+* ``ours, packed``: the same call on ``companion.inference.packing.packed_for_inference(model)``, an
   explicit inference copy whose Linear layers store W as (in, out), as GPT-2's Conv1D does
   (the copy is made once, before timing; its cost is printed separately);
 * ``ours, no cache``: ``use_cache=False`` (the whole sequence is re-run at every step);
 * ``transformers``: ``GPT2LMHeadModel.generate(do_sample=False)`` on the same weights,
-  converted with ``companion.hf.gpt_to_hf`` (its own KV cache, PyTorch SDPA attention).
+  converted with ``companion.interop.hf.gpt_to_hf`` (its own KV cache, PyTorch SDPA attention).
 
 Each cached run is repeated and the median reported (the no-cache run once, it is slow);
 every run is checked to produce exactly the same tokens, and the ratios to ``transformers``
@@ -40,10 +40,10 @@ import time
 
 import torch
 
-from companion.generation import KVCache, generate
-from companion.hf import gpt_to_hf
-from companion.models import GPT, GPTConfig
-from companion.packing import packed_for_inference
+from companion.inference.generation import KVCache, generate
+from companion.inference.packing import packed_for_inference
+from companion.interop.hf import gpt_to_hf
+from companion.nn import GPT, GPTConfig
 from companion.utils import cpu_info, describe_cpu
 
 

@@ -7,7 +7,7 @@ Each seed trains the same 0.8M-parameter GPT (4 layers, 4 heads, width 128, cont
 with `benchmarks/time_to_quality.py`, once per recipe, until its loss on the WHOLE validation
 split (non-overlapping windows of the last 10% of the text) is <= `--target`:
 
-* ``muon``: Muon (companion.optim) for the blocks' matrices at peak learning rate 0.02, AdamW at
+* ``muon``: Muon (companion.training.optim) for the blocks' matrices at peak learning rate 0.02, AdamW at
   5e-3 for embeddings, biases and norms, one schedule (50 warm-up steps, cosine over 400 steps);
 * ``adamw``: AdamW at 5e-3 for everything, the same warm-up, cosine over 800 steps.
 
@@ -41,13 +41,13 @@ from typing import Any
 
 import torch
 
-from companion.batching import get_batch
-from companion.data import load_corpus
 from companion.experiments import default_out
-from companion.models import GPT, GPTConfig
-from companion.optim import hidden_matrices, make_optimizer, newton_schulz
-from companion.tokenization import CharTokenizer
-from companion.training import TrainConfig, model_loss, precision_context
+from companion.nn import GPT, GPTConfig
+from companion.text.corpora import load_corpus
+from companion.text.tokenization import CharTokenizer
+from companion.training.batching import get_batch
+from companion.training.optim import hidden_matrices, make_optimizer, newton_schulz
+from companion.training.trainer import TrainConfig, model_loss, precision_context
 from companion.utils import cpu_info
 
 FORMAT = "companion-muon-benchmark"

@@ -17,7 +17,7 @@ CPU time of the process is printed too (with `--threads 1` on a busy machine it 
 the wall time on a dedicated core).
 
 The default recipe is the best of those tried on companion's Shakespeare (seed 0, same model as
-the reference: 4 layers, 4 heads, width 128, context 64): Muon (companion.optim) for the blocks'
+the reference: 4 layers, 4 heads, width 128, context 64): Muon (companion.training.optim) for the blocks'
 matrices at peak learning rate 0.02 and AdamW at 5e-3 for embeddings, biases and norms, both on
 one schedule (50 warm-up steps, cosine decay over 400 steps to a tenth), batch 32, bf16
 autocast, and the exact (erf) GELU of the reference trainer rather than GPT-2's tanh form. The
@@ -46,10 +46,10 @@ import time
 
 import torch
 
-from companion.data import load_corpus
-from companion.models import GPT, GPTConfig
-from companion.tokenization import CharTokenizer
-from companion.training import History, TrainConfig, evaluate_full, train
+from companion.nn import GPT, GPTConfig
+from companion.text.corpora import load_corpus
+from companion.text.tokenization import CharTokenizer
+from companion.training.trainer import History, TrainConfig, evaluate_full, train
 from companion.utils import cpu_info, describe_cpu
 
 

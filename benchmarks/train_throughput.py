@@ -1,10 +1,10 @@
-"""Training throughput (tokens/s) of `companion.training.train` on the reference configuration.
+"""Training throughput (tokens/s) of `companion.training.trainer.train` on the reference configuration.
 
     python benchmarks/train_throughput.py                       # fp32, fp32 + fused AdamW, bf16, bf16 + fused
     python benchmarks/train_throughput.py --modes fp32,bf16 --threads 2 --json /tmp/tp.json
     python benchmarks/train_throughput.py --modes bf16+compile  # torch.compile (slow to compile on a CPU)
 
-The reference configuration (SYLLABUS.md): character-level Shakespeare from `companion.data`,
+The reference configuration (SYLLABUS.md): character-level Shakespeare from `companion.text.corpora`,
 a GPT with 4 layers, 4 heads, width 128, context 64, batch 12, no dropout (0.80M parameters).
 A well-known minimal trainer runs it at about 62 ms per iteration, about 12k tokens/s, on a
 2-core CPU of this kind. Each mode trains a fresh model (same seed) for `--warmup` untimed
@@ -26,10 +26,10 @@ import time
 
 import torch
 
-from companion.data import load_corpus
-from companion.models import GPT, GPTConfig
-from companion.tokenization import CharTokenizer
-from companion.training import TrainConfig, train
+from companion.nn import GPT, GPTConfig
+from companion.text.corpora import load_corpus
+from companion.text.tokenization import CharTokenizer
+from companion.training.trainer import TrainConfig, train
 from companion.utils import cpu_info, describe_cpu
 
 REFERENCE_TOKENS_PER_S = 12_000  # ≈ 768 tokens / 62 ms (SYLLABUS.md)

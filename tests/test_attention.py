@@ -1,4 +1,4 @@
-"""companion.attention checked against PyTorch's own attention, in float64."""
+"""companion.nn.attention checked against PyTorch's own attention, in float64."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from companion.attention import (
+from companion.nn.attention import (
     AttentionOutput,
     MultiHeadAttention,
     causal_mask,

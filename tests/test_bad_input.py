@@ -13,31 +13,29 @@ import math
 import pytest
 import torch
 
-from companion import (
+from companion.analysis import efficiency, interpret, metrics
+from companion.inference import decoding, generation
+from companion.interop import hf
+from companion.nn import (
+    GPT,
+    Encoder,
+    EncoderConfig,
+    EncoderDecoder,
+    EncoderDecoderConfig,
+    GPTConfig,
     attention,
-    batching,
-    bpe,
-    counting,
-    data,
-    decoding,
-    efficiency,
-    embeddings,
-    finetune,
-    generation,
-    hf,
-    interpret,
-    metrics,
-    ngram,
-    optim,
     positional,
-    scaling,
-    scaling_fit,
-    seq2seq_data,
-    tokenization,
 )
-from companion.checkpoint import load_pretrained, save_checkpoint
-from companion.models import GPT, Encoder, EncoderConfig, EncoderDecoder, EncoderDecoderConfig, GPTConfig
-from companion.training import TrainConfig, train
+from companion.scaling import counting
+from companion.scaling import fit as scaling_fit
+from companion.scaling import laws as scaling
+from companion.text import bpe, ngram, tokenization
+from companion.text import corpora as data
+from companion.text import dates as seq2seq_data
+from companion.text import word_vectors as embeddings
+from companion.training import batching, finetune, optim
+from companion.training.checkpoint import load_pretrained, save_checkpoint
+from companion.training.trainer import TrainConfig, train
 
 T = torch.tensor
 
@@ -248,7 +246,7 @@ CASES = {
 
 
 def finetune_bow_bad_label():
-    from companion.baselines import fit_bag_of_words
+    from companion.analysis.baselines import fit_bag_of_words
 
     return fit_bag_of_words([[1, 2], [2, 3]], [0, 7], vocab_size=5, n_classes=2)
 

@@ -1,16 +1,16 @@
-"""Tests of companion.bpe: the byte-level BPE written from scratch, checked against Hugging Face."""
+"""Tests of companion.text.bpe: the byte-level BPE written from scratch, checked against Hugging Face."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 import pytest
-import tokenizers as hf_tokenizers  # Hugging Face's package (ours is companion.bpe)
+import tokenizers as hf_tokenizers  # Hugging Face's package (ours is companion.text.bpe)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from companion.bpe import GPT2_PATTERN, BPETokenizer, bytes_to_unicode, pretokenize
-from companion.data import load_corpus
+from companion.text.bpe import GPT2_PATTERN, BPETokenizer, bytes_to_unicode, pretokenize
+from companion.text.corpora import load_corpus
 
 EOT = "<|endoftext|>"
 

@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from companion import checkpoint
-from companion.checkpoint import (
+from companion.nn import GPT, GPTConfig
+from companion.training import checkpoint
+from companion.training.checkpoint import (
     COMMIT_FILE,
     META_FILE,
     MODEL_FILE,
@@ -17,8 +18,7 @@ from companion.checkpoint import (
     load_pretrained,
     read_meta,
 )
-from companion.models import GPT, GPTConfig
-from companion.training import TrainConfig, train
+from companion.training.trainer import TrainConfig, train
 
 CONFIG = GPTConfig(vocab_size=11, block_size=8, n_layers=1, n_heads=2, d_model=16, dropout=0.1)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch._dynamo as dynamo
 
-from companion.models import GPT, Encoder, EncoderConfig, EncoderDecoder, EncoderDecoderConfig, GPTConfig
+from companion.nn import GPT, Encoder, EncoderConfig, EncoderDecoder, EncoderDecoderConfig, GPTConfig
 
 pytestmark = pytest.mark.slow
 

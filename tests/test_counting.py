@@ -1,11 +1,12 @@
-"""Tests for companion.counting: formulas against numel() of built models and against transformers."""
+"""Tests for companion.scaling.counting: formulas against numel() of built models and against transformers."""
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from companion.counting import (
+from companion.nn import GPT, GPTConfig, TransformerBlock
+from companion.scaling.counting import (
     block_parameters,
     count_parameters,
     forward_flops_per_token,
@@ -13,7 +14,6 @@ from companion.counting import (
     kaplan_parameters,
     non_embedding_parameters,
 )
-from companion.models import GPT, GPTConfig, TransformerBlock
 
 CONFIGS = [
     dict(vocab_size=101, block_size=32, n_layers=3, n_heads=4, d_model=64),

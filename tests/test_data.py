@@ -1,12 +1,12 @@
-"""Tests for companion.data: offline corpora and sentiment splits."""
+"""Tests for companion.text.corpora: offline corpora and sentiment splits."""
 
 import importlib.util
 import re
 
 import pytest
 
-from companion import data
-from companion.data import CORPORA, SENTIMENT_DATASETS, load_corpus, load_sentiment
+from companion.text import corpora as data
+from companion.text.corpora import CORPORA, SENTIMENT_DATASETS, load_corpus, load_sentiment
 
 TINY_SHAKESPEARE_CHARS = 1_115_394  # the classic corpus we aim to resemble in size
 SPEAKER_LINE = re.compile(r"^[A-Z][A-Z .'-]+:$")

@@ -16,16 +16,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from companion.distributed import (
+from companion.nn import GPT, GPTConfig
+from companion.training.distributed import (
     flat_parameters,
     max_rank_difference,
     micro_batches,
     shard,
     zero_memory_per_device,
 )
-from companion.models import GPT, GPTConfig
-from companion.objectives import MaskedLM
-from companion.training import TrainConfig, train
+from companion.training.objectives import MaskedLM
+from companion.training.trainer import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT_CFG = GPTConfig(vocab_size=64, block_size=16, n_layers=2, n_heads=2, d_model=32, bias=False)
@@ -190,7 +190,7 @@ def test_two_processes_equal_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_entry_point(tmp_path):
-    """`torchrun --nproc_per_node=2 -m companion.distributed` runs and equals one process."""
+    """`torchrun --nproc_per_node=2 -m companion.training.distributed` runs and equals one process."""
     out = tmp_path / "ddp.json"
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [
@@ -198,7 +198,7 @@ def test_torchrun_entry_point(tmp_path):
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "companion.distributed",
+        "companion.training.distributed",
         "--steps",
         "3",
         "--chars",

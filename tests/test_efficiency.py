@@ -1,4 +1,4 @@
-"""Tests of companion.efficiency against PyTorch's own quantiser and attention."""
+"""Tests of companion.analysis.efficiency against PyTorch's own quantiser and attention."""
 
 import math
 
@@ -7,8 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from companion.attention import scaled_dot_product_attention
-from companion.efficiency import (
+from companion.analysis.efficiency import (
     ATTENTION_PATHS,
     MODEL_SHAPES,
     DistillationModel,
@@ -30,7 +29,8 @@ from companion.efficiency import (
     time_call,
     training_footprint,
 )
-from companion.models import GPT, GPTConfig
+from companion.nn import GPT, GPTConfig
+from companion.nn.attention import scaled_dot_product_attention
 
 
 def torch_observer_qparams(x, symmetric, per_channel=False):

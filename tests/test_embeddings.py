@@ -1,4 +1,4 @@
-"""Tests of companion.embeddings: skip-gram with negative sampling and nearest neighbours."""
+"""Tests of companion.text.word_vectors: skip-gram with negative sampling and nearest neighbours."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from companion.embeddings import (
+from companion.text.word_vectors import (
     SkipGram,
     Word2VecConfig,
     WordVectors,

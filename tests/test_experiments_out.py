@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from companion.experiments import RESULTS, committed, default_out, scaling
+from companion.experiments import RESULTS, committed, default_out, scaling_sweep
 
 
 def test_default_out_is_in_the_current_folder():
@@ -20,7 +20,7 @@ def test_default_out_is_in_the_current_folder():
 def test_a_tiny_run_without_out_leaves_the_committed_json_alone(tmp_path, monkeypatch, restore_threads):
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in RESULTS.glob("*.json")}
     monkeypatch.chdir(tmp_path)
-    scaling.main(["--preset", "tiny", "--quiet"])
+    scaling_sweep.main(["--preset", "tiny", "--quiet"])
     assert (tmp_path / "scaling_tiny.json").is_file()
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in RESULTS.glob("*.json")}
     assert after == before

@@ -1,5 +1,5 @@
-"""Tests for companion.finetune (vocabulary, classification head, freezing, training loop),
-companion.metrics and companion.baselines (bag-of-words and linear-probe logistic regression,
+"""Tests for companion.training.finetune (vocabulary, classification head, freezing, training loop),
+companion.analysis.metrics and companion.analysis.baselines (bag-of-words and linear-probe logistic regression,
 checked against scipy's optimiser on the same objective)."""
 
 from __future__ import annotations
@@ -10,8 +10,18 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
 
-from companion.baselines import BagOfWords, fit_bag_of_words, fit_linear_probe, lbfgs_fit
-from companion.finetune import (
+from companion.analysis.baselines import BagOfWords, fit_bag_of_words, fit_linear_probe, lbfgs_fit
+from companion.analysis.metrics import (
+    accuracy,
+    check_labels,
+    classification_report,
+    confusion_matrix,
+    f1_scores,
+    macro_f1,
+    mean_std,
+)
+from companion.nn import GPT, GPTConfig
+from companion.training.finetune import (
     FinetuneConfig,
     SequenceClassifier,
     WordVocab,
@@ -26,16 +36,6 @@ from companion.finetune import (
     set_dropout,
     simple_tokenize,
 )
-from companion.metrics import (
-    accuracy,
-    check_labels,
-    classification_report,
-    confusion_matrix,
-    f1_scores,
-    macro_f1,
-    mean_std,
-)
-from companion.models import GPT, GPTConfig
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -379,7 +379,7 @@ def test_baselines_reject_bad_labels_and_empty_data():
 
 def test_word_vocab_as_a_hugging_face_tokenizer_gives_the_same_ids():
     pytest.importorskip("transformers")
-    from companion.data import load_corpus, load_sentiment
+    from companion.text.corpora import load_corpus, load_sentiment
 
     sentences = [t for t, _ in load_sentiment("rotten_tomatoes").test[:300]]
     reviews = load_corpus("reviews")[:20_000].split("\n\n")  # mixed case, HTML-free, some non-ASCII

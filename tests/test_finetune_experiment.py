@@ -1,4 +1,4 @@
-"""The chapter-8 experiment (`python -m companion.experiments.finetune`): the tiny preset runs end to
+"""The chapter-8 experiment (`python -m companion.experiments.pretraining_pays`): the tiny preset runs end to
 end and writes a well-formed JSON; the committed full result has the promised shape."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from companion.experiments.finetune import (
+from companion.experiments.pretraining_pays import (
     DEFAULT_OUT,
     METHODS,
     PRESETS,
@@ -35,7 +35,7 @@ def test_labelled_subset_is_balanced_seeded_and_complete_at_zero():
 
 
 def _check_result(result: dict, n_seeds_min: int) -> None:
-    assert result["command"].startswith("python -m companion.experiments.finetune")
+    assert result["command"].startswith("python -m companion.experiments.pretraining_pays")
     assert result["metadata"]["wall_seconds"] > 0
     counts = result["label_counts"]
     assert counts == sorted(counts) and all(0 < n <= result["train_size"] for n in counts)
@@ -61,7 +61,7 @@ def _check_result(result: dict, n_seeds_min: int) -> None:
 def test_tiny_preset_runs_and_writes_json(tmp_path):
     out = tmp_path / "tiny.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "companion.experiments.finetune", "--preset", "tiny", "--out", str(out)],
+        [sys.executable, "-m", "companion.experiments.pretraining_pays", "--preset", "tiny", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,4 +1,4 @@
-"""Tests for companion.generation: filters, sampling statistics, the KV-cache loop, and
+"""Tests for companion.inference.generation: filters, sampling statistics, the KV-cache loop, and
 agreement with `transformers` (logits warpers and `generate`)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from companion.generation import (
+from companion.inference.generation import (
     KVCache,
     LayerKVCache,
     generate,
@@ -55,7 +55,7 @@ def row_logits() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def tiny_gpt():
-    from companion.models import GPT, GPTConfig
+    from companion.nn import GPT, GPTConfig
 
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=61, block_size=24, n_layers=2, n_heads=2, d_model=32)
@@ -396,7 +396,7 @@ def _random_hf_gpt2(seed: int = 0):
 
 
 def test_greedy_equals_transformers_generate_on_converted_weights():
-    from companion.hf import gpt_from_hf
+    from companion.interop.hf import gpt_from_hf
 
     hf = _random_hf_gpt2()
     ours = gpt_from_hf(hf)
@@ -412,7 +412,7 @@ def test_greedy_equals_transformers_generate_on_converted_weights():
 
 def test_sampling_equals_transformers_generate_with_the_same_rng():
     """Same filters, same order and the same torch.multinomial draws -> the same tokens."""
-    from companion.hf import gpt_from_hf
+    from companion.interop.hf import gpt_from_hf
 
     hf = _random_hf_gpt2(seed=1)
     ours = gpt_from_hf(hf)
@@ -427,7 +427,7 @@ def test_sampling_equals_transformers_generate_with_the_same_rng():
 
 
 def test_packed_copy_computes_what_the_model_computes_and_leaves_it_alone(tiny_gpt):
-    from companion.packing import PackedLinear, packed_for_inference
+    from companion.inference.packing import PackedLinear, packed_for_inference
 
     idx = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     before = {k: v.clone() for k, v in tiny_gpt.state_dict().items()}

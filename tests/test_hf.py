@@ -1,4 +1,4 @@
-"""Tests for companion.hf: our GPT/Encoder against transformers' GPT-2 and BERT (real MiniLM weights)."""
+"""Tests for companion.interop.hf: our GPT/Encoder against transformers' GPT-2 and BERT (real MiniLM weights)."""
 
 import time
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from companion import hf
-from companion.hf import (
+from companion.interop import hf
+from companion.interop.hf import (
     encoder_from_hf,
     gpt_config_from_hf,
     gpt_from_hf,
@@ -16,7 +16,7 @@ from companion.hf import (
     load_gpt2_from_hub,
     load_minilm,
 )
-from companion.models import GPT, GPTConfig, mean_pool
+from companion.nn import GPT, GPTConfig, mean_pool
 
 SHAPES = [  # (n_layers, n_heads, d_model, d_ff, vocab_size, block_size, tie)
     (1, 1, 16, None, 37, 16, True),
@@ -274,8 +274,8 @@ def test_export_declares_no_special_tokens_unless_given(tmp_path):
 
 @pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
 def test_exported_model_generates_our_tokens(tmp_path, sampled):
-    """save_pretrained -> from_pretrained -> generate writes what companion.generation.generate writes."""
-    from companion.generation import generate
+    """save_pretrained -> from_pretrained -> generate writes what companion.inference.generation.generate writes."""
+    from companion.inference.generation import generate
 
     ours, theirs = _exported(tmp_path)
     prompt = torch.tensor([[3, 1, 4, 1, 5]])

@@ -1,10 +1,10 @@
-"""Tests of companion.interpret: tracing, head scores, logit lens, probes, WEAT, memorisation."""
+"""Tests of companion.analysis.interpret: tracing, head scores, logit lens, probes, WEAT, memorisation."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from companion.interpret import (
+from companion.analysis.interpret import (
     continuation_match,
     fit_linear_probe,
     induction_scores,
@@ -16,7 +16,7 @@ from companion.interpret import (
     weat_effect_size,
     weat_permutation_test,
 )
-from companion.models import GPT, Encoder, EncoderConfig, GPTConfig
+from companion.nn import GPT, Encoder, EncoderConfig, GPTConfig
 
 
 def small_gpt(seed=0):
@@ -166,7 +166,7 @@ def test_memorisation_helpers():
     exact, chars = continuation_match(model, data, [0, 50, 100], prefix_len=8, cont_len=8)
     assert 0 <= exact <= chars <= 1
     # a sequence that IS the model's own greedy continuation is matched exactly
-    from companion.generation import generate
+    from companion.inference.generation import generate
 
     own = generate(model, data[:8], 8, temperature=0.0)
     assert continuation_match(model, own, [0], 8, 8) == (1.0, 1.0)

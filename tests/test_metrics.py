@@ -1,4 +1,4 @@
-"""Tests of companion.metrics' language-model units: bits per character and bits per byte."""
+"""Tests of companion.analysis.metrics' language-model units: bits per character and bits per byte."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from companion.metrics import bits_per_byte, bits_per_character
-from companion.ngram import NGramModel
+from companion.analysis.metrics import bits_per_byte, bits_per_character
+from companion.text.ngram import NGramModel
 
 
 def test_uniform_model_has_log2_v_bits_per_character():

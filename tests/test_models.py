@@ -1,4 +1,4 @@
-"""Tests for companion.models: blocks, GPT, the BERT-style encoder and the encoder-decoder."""
+"""Tests for companion.nn: blocks, GPT, the BERT-style encoder and the encoder-decoder."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from companion.models import (
+from companion.nn import (
     GPT,
     Encoder,
     EncoderConfig,

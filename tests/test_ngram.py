@@ -1,4 +1,4 @@
-"""Tests for companion.ngram: count-based n-gram language models."""
+"""Tests for companion.text.ngram: count-based n-gram language models."""
 
 import math
 import random
@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from companion.ngram import UNK, NGramModel, unseen_ngram_share
+from companion.text.ngram import UNK, NGramModel, unseen_ngram_share
 
 # ---------------------------------------------------------------- a slow, obvious reference
 

@@ -1,4 +1,4 @@
-"""Tests for companion.objectives: cross-entropy, causal-LM pairs and BERT's masking."""
+"""Tests for companion.training.objectives: cross-entropy, causal-LM pairs and BERT's masking."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from companion.objectives import (
+from companion.training.objectives import (
     IGNORE_INDEX,
     CausalLM,
     MaskedLM,

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from companion.experiments import objectives as exp
+from companion.experiments import clm_vs_mlm as exp
 
 
 class Oracle(torch.nn.Module):
@@ -50,7 +50,7 @@ def test_fill_blanks_rejects_an_unknown_kind():
 
 
 def test_sinusoidal_start_copies_the_scaled_table():
-    from companion.positional import sinusoidal_encoding
+    from companion.nn.positional import sinusoidal_encoding
 
     emb = torch.nn.Embedding(16, 8)
     exp.sinusoidal_start(emb, scale=0.5)
@@ -138,7 +138,7 @@ def test_committed_full_result_is_complete():
     result = exp.load_result()
     cfg = exp.PRESETS["full"]
     assert result["config"] == cfg.to_dict()  # made by the preset as it is now
-    assert result["command"].startswith("python -m companion.experiments.objectives")
+    assert result["command"].startswith("python -m companion.experiments.clm_vs_mlm")
     assert "--out src/companion/results/objectives.json" in result["command"]
     assert result["seeds"] == list(cfg.seeds) and len(cfg.seeds) >= 3
     for seed in cfg.seeds:

@@ -1,4 +1,4 @@
-"""Tests for companion.optim: Newton-Schulz orthogonalisation, Muon, and its AdamW part."""
+"""Tests for companion.training.optim: Newton-Schulz orthogonalisation, Muon, and its AdamW part."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from companion.models import GPT, EncoderConfig, EncoderForMaskedLM, GPTConfig
-from companion.optim import Muon, hidden_matrices, muon_param_groups, newton_schulz
-from companion.training import TrainConfig, train
+from companion.nn import GPT, EncoderConfig, EncoderForMaskedLM, GPTConfig
+from companion.training.optim import Muon, hidden_matrices, muon_param_groups, newton_schulz
+from companion.training.trainer import TrainConfig, train
 
 
 def tiny_gpt(seed: int = 0, **kw) -> GPT:
@@ -134,7 +134,7 @@ def muon_cfg(**kw) -> TrainConfig:
 
 
 def test_trainer_with_muon_learns_and_schedules_both_learning_rates(tmp_path):
-    from companion.checkpoint import read_meta
+    from companion.training.checkpoint import read_meta
 
     data = torch.arange(3000) % 13
     history = train(tiny_gpt(), data, data[:400], muon_cfg(out_dir=str(tmp_path)), progress=False)
@@ -147,7 +147,7 @@ def test_trainer_with_muon_learns_and_schedules_both_learning_rates(tmp_path):
 
 def test_make_optimizer_starts_each_group_at_its_own_peak_rate():
     """Used outside train(), the matrices must not step at AdamW's rate."""
-    from companion.optim import make_optimizer
+    from companion.training.optim import make_optimizer
 
     opt = make_optimizer(tiny_gpt(), muon_cfg(lr=3e-3, muon_lr=0.02), torch.device("cpu"))
     assert sorted((g["use_muon"], g["lr"]) for g in opt.param_groups) == [(False, 3e-3), (True, 0.02)]

@@ -1,4 +1,4 @@
-"""Tests of companion.positional: sinusoidal, learned and rotary position information."""
+"""Tests of companion.nn.positional: sinusoidal, learned and rotary position information."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from companion.positional import (
+from companion.nn.positional import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
     SinusoidalPositionalEncoding,

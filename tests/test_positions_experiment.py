@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from companion.experiments import positions as exp
-from companion.models.gpt import GPTConfig
+from companion.nn.gpt import GPTConfig
 
 SHAPE = GPTConfig(vocab_size=11, block_size=8, n_layers=2, n_heads=2, d_model=16)
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from companion.counting import forward_flops_per_token, kaplan_parameters
-from companion.models import GPTConfig
-from companion.scaling import (
+from companion.nn import GPTConfig
+from companion.scaling.counting import forward_flops_per_token, kaplan_parameters
+from companion.scaling.fit import fit_chinchilla, fit_isoflop_minimum, fit_isoflops, fit_power_law, huber
+from companion.scaling.laws import (
     BESIROGLU_2024,
     CHINCHILLA_2022,
     KAPLAN_2020_C,
@@ -22,7 +23,6 @@ from companion.scaling import (
     training_flops,
     training_flops_from_config,
 )
-from companion.scaling_fit import fit_chinchilla, fit_isoflop_minimum, fit_isoflops, fit_power_law, huber
 
 BUDGETS = np.geomspace(1e20, 1e24, 9)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from companion.experiments import scaling as sweep
-from companion.experiments.scaling import PRESETS, SweepConfig, main, plan_runs
+from companion.experiments import scaling_sweep as sweep
+from companion.experiments.scaling_sweep import PRESETS, SweepConfig, main, plan_runs
 
 COMMITTED = Path(sweep.__file__).resolve().parents[1] / "results" / "scaling_sweep.json"
 RUN_KEYS = {
@@ -62,7 +62,7 @@ def check_schema(result: dict) -> None:
         }
     )
     assert META_KEYS <= set(result["metadata"]), META_KEYS - set(result["metadata"])
-    assert result["metadata"]["command"].startswith("python -m companion.experiments.scaling")
+    assert result["metadata"]["command"].startswith("python -m companion.experiments.scaling_sweep")
     runs = result["runs"]
     assert [r["key"] for r in runs] == [p.key for p in plan_runs(cfg)][: len(runs)]
     tokens_per_step = cfg.batch_size * cfg.block_size

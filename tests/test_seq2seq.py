@@ -1,4 +1,4 @@
-"""Tests for companion.seq2seq_data (the date task) and companion.decoding (greedy, beam search,
+"""Tests for companion.text.dates (the date task) and companion.inference.decoding (greedy, beam search,
 cross-attention maps), with beam search checked against `transformers`' own and against brute force."""
 
 from __future__ import annotations
@@ -9,16 +9,15 @@ import itertools
 import pytest
 import torch
 
-from companion.decoding import (
+from companion.inference.decoding import (
     beam_search,
     cross_attention_weights,
     greedy_decode,
     seq2seq_beam_search,
     sequence_log_prob,
 )
-from companion.finetune import FinetuneConfig, fit
-from companion.models import GPT, EncoderDecoder, EncoderDecoderConfig, GPTConfig
-from companion.seq2seq_data import (
+from companion.nn import GPT, EncoderDecoder, EncoderDecoderConfig, GPTConfig
+from companion.text.dates import (
     FORMATS,
     CharVocab,
     date_vocabs,
@@ -29,6 +28,7 @@ from companion.seq2seq_data import (
     ordinal_suffix,
     ordinal_words,
 )
+from companion.training.finetune import FinetuneConfig, fit
 
 # ----------------------------------------------------------------------------- the date task
 
@@ -153,7 +153,7 @@ def _next_log_probs(model: GPT):
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
 def test_beam_search_equals_transformers(num_beams, length_penalty):
     transformers = pytest.importorskip("transformers")
-    from companion.hf import gpt_to_hf
+    from companion.interop.hf import gpt_to_hf
 
     transformers.logging.set_verbosity_error()
     for seed in range(4):
@@ -191,7 +191,7 @@ def test_beam_search_equals_transformers(num_beams, length_penalty):
 
 def test_beam_search_without_eos_equals_transformers():
     pytest.importorskip("transformers")
-    from companion.hf import gpt_to_hf
+    from companion.interop.hf import gpt_to_hf
 
     model = _toy_lm(7, vocab=11)
     start = torch.randint(11, (4, 2), generator=torch.Generator().manual_seed(0))

@@ -1,4 +1,4 @@
-"""Tests of companion.tokenization: the character tokenizer and the word splitter."""
+"""Tests of companion.text.tokenization: the character tokenizer and the word splitter."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from companion.bpe import BPETokenizer
-from companion.data import load_corpus
-from companion.tokenization import BPETokenizer as ReExported
-from companion.tokenization import CharTokenizer, word_tokenize
+from companion.text.bpe import BPETokenizer
+from companion.text.corpora import load_corpus
+from companion.text.tokenization import BPETokenizer as ReExported
+from companion.text.tokenization import CharTokenizer, word_tokenize
 
 
 def test_char_tokenizer_on_shakespeare():

@@ -1,4 +1,4 @@
-"""Tests for companion.training, companion.checkpoint, companion.batching and companion.plotting."""
+"""Tests for the trainer, checkpoints, batching (companion.training) and loss plots (companion.analysis.plotting)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from companion.batching import BlockSampler, get_batch
-from companion.checkpoint import META_FILE, MODEL_FILE, STATE_FILE, load_checkpoint
-from companion.objectives import MaskedLM
-from companion.training import History, TrainConfig, evaluate, lr_at, param_groups, train
+from companion.training.batching import BlockSampler, get_batch
+from companion.training.checkpoint import META_FILE, MODEL_FILE, STATE_FILE, load_checkpoint
+from companion.training.objectives import MaskedLM
+from companion.training.trainer import History, TrainConfig, evaluate, lr_at, param_groups, train
 
 
 @dataclass
@@ -298,7 +298,7 @@ def test_evaluate_is_deterministic_and_matches_manual_loss():
     val = toy_data(100)
     a, b = evaluate(m, val, c), evaluate(m, val, c)
     assert a == b
-    from companion.batching import BlockSampler
+    from companion.training.batching import BlockSampler
 
     s = BlockSampler(val, 2, 9, seed=c.seed + 1)
     manual = []
@@ -318,7 +318,7 @@ def test_history_json_roundtrip_and_plot(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from companion.plotting import plot_history, smooth
+    from companion.analysis.plotting import plot_history, smooth
 
     ax = plot_history(h)
     assert ax.get_xlabel() == "step" and len(ax.get_lines()) == 3
@@ -337,7 +337,7 @@ def test_progress_bar_runs(capsys):
 
 
 def test_gpt_trains_and_resumes_exactly(tmp_path):
-    from companion.models import GPT, GPTConfig
+    from companion.nn import GPT, GPTConfig
 
     def gpt(seed):
         torch.manual_seed(seed)
@@ -358,7 +358,7 @@ def test_gpt_trains_and_resumes_exactly(tmp_path):
     assert len(first.step) == 5
     resumed = train(gpt(1), data, data[:300], c, progress=False, resume_from=tmp_path)
     assert resumed.train_loss == straight.train_loss
-    from companion.checkpoint import load_pretrained
+    from companion.training.checkpoint import load_pretrained
 
     model = load_pretrained(tmp_path)  # rebuilt from checkpoint.json (the step-5 weights)
     assert isinstance(model, GPT) and model.config.n_layers == 1 and not model.training
@@ -366,8 +366,8 @@ def test_gpt_trains_and_resumes_exactly(tmp_path):
 
 def test_encoder_trains_with_masked_lm():
     """BERT-style model: targets go in as `labels=` and the loss covers masked positions only."""
-    from companion.models import EncoderConfig, EncoderForMaskedLM
-    from companion.training import model_loss
+    from companion.nn import EncoderConfig, EncoderForMaskedLM
+    from companion.training.trainer import model_loss
 
     torch.manual_seed(0)
     enc = EncoderForMaskedLM(

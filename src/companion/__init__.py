@@ -1,6 +1,18 @@
 """companion: the shared code of the book *LLM Principles*.
 
-Each module holds one concept of the book; the chapter notebooks import them.
+Its folders follow the path text takes through a language model (the book's "Code map" page maps
+every chapter to its modules):
+
+* `companion.text`        corpora, tokenizers, n-gram models, word vectors      (chapters 1-2)
+* `companion.nn`          attention, positions, the Transformer block, models   (chapters 2-5)
+* `companion.training`    the training loop, objectives, optimizers, checkpoints (chapters 5-8)
+* `companion.inference`   sampling with the KV cache, beam search               (chapters 6, 8)
+* `companion.scaling`     counting parameters and FLOPs, scaling laws, fits     (chapter 7)
+* `companion.analysis`    metrics, probes, interpretability, efficiency         (chapters 3, 8-9)
+* `companion.interop`     weights to and from Hugging Face `transformers`
+* `companion.experiments` the long runs whose committed JSON the chapters plot
+
+Each module holds one concept; the chapter notebooks import them.
 """
 
 from companion.utils import get_device, set_seed

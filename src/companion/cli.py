@@ -85,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = t.add_argument_group("data")
     data.add_argument(
-        "corpus", nargs="?", default=None, help="a corpus of companion.data: shakespeare, reviews or python-docs"
+        "corpus",
+        nargs="?",
+        default=None,
+        help="a corpus of companion.text.corpora: shakespeare, reviews or python-docs",
     )
     data.add_argument("--text", metavar="FILE", help="train on this UTF-8 text file instead")
     data.add_argument(
@@ -176,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_tokenizer(path: str | Path) -> Any:
     """Read a CharTokenizer or BPETokenizer JSON file, whichever it is."""
-    from companion.tokenization import BPETokenizer, CharTokenizer
+    from companion.text.tokenization import BPETokenizer, CharTokenizer
 
     fmt = json.loads(Path(path).read_text(encoding="utf-8")).get("format")
     if fmt == "companion-char":
@@ -185,7 +188,7 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def _read_text(args: argparse.Namespace) -> str:
-    from companion.data import load_corpus
+    from companion.text.corpora import load_corpus
 
     if (args.corpus is None) == (args.text is None):
         raise ValueError("give either a corpus name (e.g. shakespeare) or --text FILE, not both")
@@ -202,7 +205,7 @@ def _init_distributed(device: str | None) -> tuple[str | None, int]:
     import torch
     import torch.distributed as dist
 
-    from companion.distributed import default_backend, env_rank_world
+    from companion.training.distributed import default_backend, env_rank_world
     from companion.utils import get_device
 
     rank, local_rank, world_size = env_rank_world()
@@ -220,10 +223,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """`companion train`: tokenize, build (or restore) the GPT, train, save."""
     import torch
 
-    from companion.checkpoint import read_meta
-    from companion.models import GPT, GPTConfig
-    from companion.tokenization import BPETokenizer, CharTokenizer
-    from companion.training import TrainConfig, train
+    from companion.nn import GPT, GPTConfig
+    from companion.text.tokenization import BPETokenizer, CharTokenizer
+    from companion.training.checkpoint import read_meta
+    from companion.training.trainer import TrainConfig, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -313,8 +316,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """`companion sample`: load tokenizer + checkpoint and print continuations of the prompt."""
-    from companion.checkpoint import load_pretrained
-    from companion.generation import generate
+    from companion.inference.generation import generate
+    from companion.training.checkpoint import load_pretrained
     from companion.utils import get_device
 
     ckpt = Path(args.ckpt)

@@ -1,6 +1,6 @@
 """Experiments too long to run inside a notebook; each writes a small JSON that the book reads.
 
-Run one as a module, e.g. ``python -m companion.experiments.scaling --preset full``. By default a
+Run one as a module, e.g. ``python -m companion.experiments.scaling_sweep --preset full``. By default a
 run writes ``<name>_<preset>.json`` in the current folder; the committed results in
 ``companion/results/`` are replaced only when ``--out`` names them explicitly, so a quick
 ``--preset tiny`` never overwrites a full run and nothing writes into an installed package.

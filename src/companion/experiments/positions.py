@@ -15,7 +15,7 @@ the held-out loss at every position of windows *twice as long* as the training w
 
 The models are built by composition from the package's blocks (``TransformerBlock``,
 ``init_gpt_weights``); rotary and ALiBi replace each block's attention by a wrapper that reuses its
-projections. Training is ``companion.training.train``.
+projections. Training is ``companion.training.trainer.train``.
 
     python -m companion.experiments.positions --preset full --out src/companion/results/positions.json
     python -m companion.experiments.positions --preset tiny          # writes ./positions_tiny.json
@@ -40,14 +40,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from companion.attention import AttentionOutput, MultiHeadAttention, merge_heads, split_heads
-from companion.data import load_corpus
 from companion.experiments import committed, default_out
-from companion.models.blocks import TransformerBlock
-from companion.models.gpt import GPTConfig, GPTOutput, init_gpt_weights
-from companion.positional import RotaryEmbedding, sinusoidal_encoding
-from companion.tokenization import CharTokenizer
-from companion.training import TrainConfig, train
+from companion.nn.attention import AttentionOutput, MultiHeadAttention, merge_heads, split_heads
+from companion.nn.blocks import TransformerBlock
+from companion.nn.gpt import GPTConfig, GPTOutput, init_gpt_weights
+from companion.nn.positional import RotaryEmbedding, sinusoidal_encoding
+from companion.text.corpora import load_corpus
+from companion.text.tokenization import CharTokenizer
+from companion.training.trainer import TrainConfig, train
 
 NAME = "positions"
 FORMAT = "companion-positions"

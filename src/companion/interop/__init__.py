@@ -1,0 +1,4 @@
+"""Interoperability (chapters 4, 6, 8): weights to and from Hugging Face `transformers`.
+
+* `hf` copy weights between GPT-2 / BERT and our models, export tokenizers
+"""

@@ -1,0 +1,149 @@
+"""An encoder-decoder Transformer (Vaswani et al. 2017; T5/BART-like in use).
+
+The encoder reads the source bidirectionally; the decoder reads the target causally and, in
+every block, cross-attends to the encoder output. Learned positions, pre-LN by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from companion.nn.blocks import (
+    TransformerBlock,
+    check_length,
+    check_padding_mask,
+    check_shape_config,
+    check_token_ids,
+)
+from companion.nn.gpt import init_gpt_weights
+from companion.training.objectives import lm_loss
+
+
+@dataclass
+class EncoderDecoderConfig:
+    """Shape and options of an encoder-decoder Transformer."""
+
+    src_vocab_size: int = 1000
+    tgt_vocab_size: int = 1000
+    block_size: int = 256  # most positions in the source and in the target
+    n_encoder_layers: int = 3
+    n_decoder_layers: int = 3
+    n_heads: int = 4
+    d_model: int = 128
+    d_ff: int | None = None  # None -> 4 * d_model
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "pre"
+    layer_norm_eps: float = 1e-5
+    activation: str = "gelu"
+    tie_weights: bool = True  # decoder's output head shares the target embedding
+
+    def __post_init__(self):
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        check_shape_config(
+            self,
+            (
+                "src_vocab_size",
+                "tgt_vocab_size",
+                "block_size",
+                "n_encoder_layers",
+                "n_decoder_layers",
+                "n_heads",
+                "d_model",
+                "d_ff",
+            ),
+        )
+
+
+class Seq2SeqOutput(NamedTuple):
+    """What EncoderDecoder.forward returns."""
+
+    logits: torch.Tensor  # (B, T_tgt, tgt_vocab_size)
+    loss: torch.Tensor | None
+
+
+class EncoderDecoder(nn.Module):
+    """Source ids (B, S) and target ids (B, T) -> next-target-token logits (B, T, tgt_vocab_size)."""
+
+    def __init__(self, config: EncoderDecoderConfig):
+        super().__init__()
+        self.config = c = config
+        kw = dict(dropout=c.dropout, bias=c.bias, norm=c.norm, layer_norm_eps=c.layer_norm_eps, activation=c.activation)
+        self.src_emb = nn.Embedding(c.src_vocab_size, c.d_model)
+        self.tgt_emb = nn.Embedding(c.tgt_vocab_size, c.d_model)
+        self.pos_emb = nn.Embedding(c.block_size, c.d_model)  # shared by both sides
+        self.drop = nn.Dropout(c.dropout)
+        self.encoder_blocks = nn.ModuleList(
+            TransformerBlock(c.d_model, c.n_heads, c.d_ff, **kw) for _ in range(c.n_encoder_layers)
+        )
+        self.decoder_blocks = nn.ModuleList(
+            TransformerBlock(c.d_model, c.n_heads, c.d_ff, cross_attention=True, **kw)
+            for _ in range(c.n_decoder_layers)
+        )
+
+        def final_ln() -> nn.Module:
+            return nn.LayerNorm(c.d_model, eps=c.layer_norm_eps, bias=c.bias) if c.norm == "pre" else nn.Identity()
+
+        self.ln_enc, self.ln_dec = final_ln(), final_ln()
+        self.lm_head = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        n_branches = 2 * c.n_encoder_layers + 3 * c.n_decoder_layers
+        init_gpt_weights(self, n_residual_branches=n_branches)
+        if c.tie_weights:
+            self.lm_head.weight = self.tgt_emb.weight
+
+    def _embed(self, emb: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1], device=ids.device)  # (T,)
+        return self.drop(emb(ids) + self.pos_emb(pos))  # (B, T, d_model)
+
+    def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """src_ids (B, S), src_mask (B, S) 1 = real token -> memory (B, S, d_model)."""
+        c = self.config
+        check_token_ids(src_ids, c.src_vocab_size, name="source token id")
+        check_length(src_ids.shape[1], c.block_size)
+        check_padding_mask(src_mask, *src_ids.shape, "src_mask")
+        x = self._embed(self.src_emb, src_ids)
+        for block in self.encoder_blocks:
+            x, _ = block(x, key_padding_mask=src_mask)
+        return self.ln_enc(x)  # (B, S, d_model)
+
+    def decode(
+        self,
+        tgt_ids: torch.Tensor,
+        memory: torch.Tensor,
+        src_mask: torch.Tensor | None = None,
+        tgt_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """tgt_ids (B, T), memory (B, S, d_model) -> logits (B, T, tgt_vocab_size)."""
+        c = self.config
+        check_token_ids(tgt_ids, c.tgt_vocab_size, name="target token id")
+        check_length(tgt_ids.shape[1], c.block_size)
+        check_padding_mask(tgt_mask, *tgt_ids.shape, "tgt_mask")
+        x = self._embed(self.tgt_emb, tgt_ids)
+        for block in self.decoder_blocks:
+            x, _ = block(x, context=memory, key_padding_mask=tgt_mask, is_causal=True, context_padding_mask=src_mask)
+        return self.lm_head(self.ln_dec(x))  # (B, T, tgt_vocab_size)
+
+    def forward(
+        self,
+        src_ids: torch.Tensor,
+        tgt_ids: torch.Tensor,
+        src_mask: torch.Tensor | None = None,
+        tgt_mask: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> Seq2SeqOutput:
+        """Teacher forcing: logits at target position t predict targets[:, t] (ignore_index=-100)."""
+        if src_ids.shape[0] != tgt_ids.shape[0]:
+            raise ValueError(f"batch sizes differ: src {src_ids.shape[0]}, tgt {tgt_ids.shape[0]}")
+        memory = self.encode(src_ids, src_mask)  # (B, S, d_model)
+        logits = self.decode(tgt_ids, memory, src_mask, tgt_mask)  # (B, T, tgt_vocab_size)
+        loss = None
+        if targets is not None:
+            if targets.shape != tgt_ids.shape:
+                raise ValueError(f"targets shape {tuple(targets.shape)} != tgt_ids shape {tuple(tgt_ids.shape)}")
+            loss = lm_loss(logits, targets)
+        return Seq2SeqOutput(logits, loss)

@@ -1,0 +1,370 @@
+"""Byte-level byte-pair encoding (BPE), GPT-2 style, written from scratch.
+
+The pipeline is: text -> special tokens split off -> pre-tokens (the GPT-2 regex, so that no merge
+crosses a word boundary) -> UTF-8 bytes (ids 0..255) -> learned merges, applied in the order they
+were learned -> ids. Special tokens get the ids after the learned vocabulary.
+
+`BPETokenizer.to_hf()` exports the same vocabulary and merges to a Hugging Face `tokenizers.Tokenizer`
+so that the two implementations can be compared token for token (the tests do exactly that).
+This module is called `bpe` (and the character tokenizer lives in `companion.text.tokenization`) so that
+nothing of ours is ever confused with the Hugging Face package `tokenizers`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable
+from functools import lru_cache
+from pathlib import Path
+
+import regex  # the `regex` package: unlike `re` it knows Unicode classes such as \p{L}
+
+from companion.utils import read_json
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+"""The pre-tokenisation regex of GPT-2 (Radford et al., 2019), also used by Hugging Face's ByteLevel."""
+
+_FORMAT = "companion-byte-level-bpe"
+
+
+def pretokenize(text: str, pattern: str = GPT2_PATTERN) -> list[str]:
+    """Split text into the pre-tokens ("words") inside which BPE merges are allowed."""
+    return regex.findall(pattern, text)
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from the 256 byte values to printable Unicode characters (for display/export).
+
+    Printable Latin-1 bytes map to themselves; the other 68 (control characters, space, ...) map to
+    U+0100 upwards, so that the space byte 0x20 is shown as 'Ġ' and the newline 0x0A as 'Ċ'.
+    """
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    mapping, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def _merge_word(word: list[int], a: int, b: int, new_id: int) -> list[int]:
+    """Replace every non-overlapping occurrence of the pair (a, b), left to right, by new_id."""
+    out, i, n = [], 0, len(word)
+    while i < n:
+        if i < n - 1 and word[i] == a and word[i + 1] == b:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
+
+
+def _split_on_specials(text: str, specials: Collection[str]) -> list[tuple[str, bool]]:
+    """Split text into (chunk, is_special) pieces; the longest special token wins at a position."""
+    if not specials or not text:
+        return [(text, False)] if text else []
+    alternation = "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True))
+    pieces, start = [], 0
+    for m in regex.finditer(alternation, text):
+        if m.start() > start:
+            pieces.append((text[start : m.start()], False))
+        pieces.append((m.group(), True))
+        start = m.end()
+    if start < len(text):
+        pieces.append((text[start:], False))
+    return pieces
+
+
+class BPETokenizer:
+    """A byte-level BPE tokenizer: `train`, `encode`, `decode`, `save`, `load`, `to_hf`.
+
+    Ids 0..255 are the raw bytes; each learned merge (a, b) makes the token bytes(a) + bytes(b)
+    (a new id, or the existing id if those bytes are already a token, as Hugging Face does);
+    special tokens such as "<|endoftext|>" come last.
+    """
+
+    def __init__(
+        self, merges: Iterable[tuple[int, int]] = (), special_tokens: Iterable[str] = (), pattern: str = GPT2_PATTERN
+    ):
+        self.pattern = pattern
+        self._re = regex.compile(pattern)
+        self.vocab: list[bytes] = [bytes([i]) for i in range(256)]  # id -> bytes
+        self._token_to_id: dict[bytes, int] = {t: i for i, t in enumerate(self.vocab)}
+        self.merges: list[tuple[int, int]] = []
+        self._ranks: dict[tuple[int, int], tuple[int, int]] = {}  # pair -> (rank, merged id)
+        for a, b in merges:
+            self._add_merge(int(a), int(b))
+        self.special_tokens: dict[str, int] = {}
+        for s in special_tokens:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"special tokens must be non-empty strings, got {s!r}")
+            if s in self.special_tokens:
+                raise ValueError(f"special token {s!r} given twice")
+            self.special_tokens[s] = len(self.vocab) + len(self.special_tokens)
+        self._special_by_id = {i: s for s, i in self.special_tokens.items()}
+        self._cache: dict[str, list[int]] = {}
+
+    def _add_merge(self, a: int, b: int) -> int:
+        """Record the merge (a, b) and return the id of the merged token."""
+        n = len(self.vocab)
+        if not (0 <= a < n and 0 <= b < n):
+            raise ValueError(f"merge ({a}, {b}) refers to an id outside the vocabulary of {n}")
+        if (a, b) in self._ranks:
+            raise ValueError(f"merge ({a}, {b}) appears twice")
+        merged = self.vocab[a] + self.vocab[b]
+        new_id = self._token_to_id.get(merged)
+        if new_id is None:
+            new_id = len(self.vocab)
+            self.vocab.append(merged)
+            self._token_to_id[merged] = new_id
+        self._ranks[(a, b)] = (len(self.merges), new_id)
+        self.merges.append((a, b))
+        return new_id
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids: 256 bytes + learned tokens + special tokens."""
+        return len(self.vocab) + len(self.special_tokens)
+
+    # ------------------------------------------------------------------ training
+    @classmethod
+    def train(
+        cls,
+        text: str,
+        vocab_size: int,
+        special_tokens: Iterable[str] = ("<|endoftext|>",),
+        pattern: str = GPT2_PATTERN,
+        verbose: bool = False,
+    ) -> BPETokenizer:
+        """Learn merges on `text` until the vocabulary (bytes + merges + specials) has vocab_size ids.
+
+        Each step merges the most frequent adjacent pair (ties: the smallest pair of ids). Pair
+        counts are kept incrementally: they are counted once over the unique pre-tokens weighted by
+        their frequency, and after a merge only the pre-tokens that contain the merged pair (found
+        through a pair -> pre-tokens index) are updated. A max-heap with lazy deletion finds the
+        most frequent pair. Special tokens in `text` are cut out and never merged. Training stops
+        early if no pair is left (then the vocabulary is smaller than asked).
+        """
+        special_tokens = tuple(special_tokens)
+        tok = cls(special_tokens=(), pattern=pattern)
+        n_learned = vocab_size - len(special_tokens)
+        if n_learned < 256:
+            raise ValueError(
+                f"vocab_size {vocab_size} is too small: it must be at least 256 bytes "
+                f"+ {len(special_tokens)} special tokens = {256 + len(special_tokens)}"
+            )
+
+        word_counts: Counter[str] = Counter()
+        for chunk, is_special in _split_on_specials(text, special_tokens):
+            if not is_special:
+                word_counts.update(tok._re.findall(chunk))
+        words = [list(w.encode("utf-8")) for w in word_counts]  # unique pre-tokens as id lists
+        freqs = list(word_counts.values())
+
+        counts: dict[tuple[int, int], int] = defaultdict(int)
+        where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> indices of words
+        for w, (word, f) in enumerate(zip(words, freqs)):
+            for pair in zip(word, word[1:]):
+                counts[pair] += f
+                where[pair].add(w)
+        # Heap entries (-count, pair) are upper bounds on the true counts: a count that grows gets
+        # a fresh entry; a count that shrinks is corrected when its stale entry is popped.
+        heap = [(-c, p) for p, c in counts.items()]
+        heapq.heapify(heap)
+
+        while len(tok.vocab) < n_learned:
+            best = None
+            while heap:
+                neg_c, pair = heapq.heappop(heap)
+                c = counts.get(pair, 0)
+                if c == -neg_c:
+                    best = pair
+                    break
+                if c > 0:
+                    heapq.heappush(heap, (-c, pair))
+            if best is None:
+                break  # every pre-token is a single token: nothing left to merge
+            a, b = best
+            if best in tok._ranks:  # the pair came back (its token was re-made by another merge)
+                new_id = tok._ranks[best][1]
+            else:
+                new_id = tok._add_merge(a, b)
+            if verbose and len(tok.merges) % 100 == 0:
+                print(f"merge {len(tok.merges)}: {tok.vocab[a]!r} + {tok.vocab[b]!r} (count {c})")
+            touched: set[tuple[int, int]] = set()
+            for w in where.pop(best, ()):
+                word = words[w]
+                new_word = _merge_word(word, a, b, new_id)
+                if len(new_word) == len(word):
+                    continue  # stale index entry: this word no longer contains the pair
+                f = freqs[w]
+                for pair in zip(word, word[1:]):
+                    counts[pair] -= f
+                for pair in zip(new_word, new_word[1:]):
+                    counts[pair] += f
+                    if new_id in pair:  # only pairs with the new token can have grown
+                        where[pair].add(w)
+                        touched.add(pair)
+                words[w] = new_word
+            counts.pop(best, None)
+            for pair in touched:
+                heapq.heappush(heap, (-counts[pair], pair))
+
+        for s in special_tokens:  # re-register the specials after the learned vocabulary
+            if s in tok.special_tokens:
+                raise ValueError(f"special token {s!r} given twice")
+            tok.special_tokens[s] = len(tok.vocab) + len(tok.special_tokens)
+        tok._special_by_id = {i: s for s, i in tok.special_tokens.items()}
+        return tok
+
+    # ------------------------------------------------------------------ encoding
+    def _bpe(self, piece: str) -> list[int]:
+        """Apply the merges to one pre-token: repeatedly merge the adjacent pair of lowest rank."""
+        word = list(piece.encode("utf-8"))
+        ranks = self._ranks
+        while len(word) >= 2:
+            best, best_rank = None, None
+            for pair in zip(word, word[1:]):
+                r = ranks.get(pair)
+                if r is not None and (best_rank is None or r[0] < best_rank):
+                    best, best_rank = pair, r[0]
+            if best is None:
+                break
+            word = _merge_word(word, best[0], best[1], ranks[best][1])
+        return word
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        """Encode text with no special-token handling."""
+        ids: list[int] = []
+        cache = self._cache
+        for piece in self._re.findall(text):
+            piece_ids = cache.get(piece)
+            if piece_ids is None:
+                piece_ids = self._bpe(piece)
+                if len(cache) < 100_000:
+                    cache[piece] = piece_ids
+            ids.extend(piece_ids)
+        return ids
+
+    def encode(self, text: str, allowed_special: str | Collection[str] = "all") -> list[int]:
+        """Encode a string to ids.
+
+        Special tokens: by default (`allowed_special="all"`) every registered special token that
+        appears in the text, e.g. "<|endoftext|>", becomes its single id (as in Hugging Face
+        `tokenizers`). Pass a set of names to recognise only those, or `()` to encode the text of
+        special tokens as ordinary bytes.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        if allowed_special == "all":
+            allowed = set(self.special_tokens)
+        else:
+            allowed = set(allowed_special)
+            unknown = allowed - set(self.special_tokens)
+            if unknown:
+                raise ValueError(f"unknown special tokens {sorted(unknown)}; registered: {sorted(self.special_tokens)}")
+        ids: list[int] = []
+        for chunk, is_special in _split_on_specials(text, allowed):
+            if is_special:
+                ids.append(self.special_tokens[chunk])
+            else:
+                ids.extend(self._encode_ordinary(chunk))
+        return ids
+
+    # ------------------------------------------------------------------ decoding
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes of one id (a special token's UTF-8 text for special ids)."""
+        if 0 <= token_id < len(self.vocab):
+            return self.vocab[token_id]
+        if token_id in self._special_by_id:
+            return self._special_by_id[token_id].encode("utf-8")
+        raise ValueError(f"token id {token_id} is outside the vocabulary (vocab_size {self.vocab_size})")
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """Concatenate the bytes of the ids (exact inverse of encode at the byte level)."""
+        return b"".join(self.token_bytes(int(i)) for i in ids)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Decode ids to a string.
+
+        An id sequence may end (or start) in the middle of a multi-byte UTF-8 character, e.g. when
+        a model generates one token at a time; such incomplete bytes become U+FFFD '�'
+        (`errors="replace"`) instead of raising. `decode(encode(s)) == s` holds for every string.
+        """
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def token_strings(self, ids: Iterable[int]) -> list[str]:
+        """Each id shown in GPT-2's printable byte alphabet ('Ġ' = space), for display."""
+        table = bytes_to_unicode()
+        out = []
+        for i in ids:
+            i = int(i)
+            out.append(
+                self._special_by_id[i] if i in self._special_by_id else "".join(table[b] for b in self.token_bytes(i))
+            )
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Write the tokenizer (pattern, merges, special tokens) to a JSON file."""
+        data = {
+            "format": _FORMAT,
+            "version": 1,
+            "pattern": self.pattern,
+            "vocab_size": self.vocab_size,
+            "merges": [list(m) for m in self.merges],
+            "special_tokens": list(self.special_tokens),
+        }
+        Path(path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> BPETokenizer:
+        """Read a tokenizer written by `save`."""
+        data = read_json(path, "tokenizer file")
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a {_FORMAT} JSON file")
+        missing = [k for k in ("merges", "special_tokens", "pattern", "vocab_size") if k not in data]
+        if missing:
+            raise ValueError(f"{path}: the tokenizer file lacks {missing}")
+        if data.get("version") != 1:
+            raise ValueError(f"{path}: unsupported version {data.get('version')!r}")
+        tok = cls(
+            merges=[tuple(m) for m in data["merges"]], special_tokens=data["special_tokens"], pattern=data["pattern"]
+        )
+        if tok.vocab_size != data["vocab_size"]:
+            raise ValueError(f"{path}: vocab_size {data['vocab_size']} does not match the merges ({tok.vocab_size})")
+        return tok
+
+    def to_hf(self):
+        """The same tokenizer as a Hugging Face `tokenizers.Tokenizer` (BPE model, ByteLevel parts).
+
+        Vocabulary strings use GPT-2's printable byte alphabet (`bytes_to_unicode`); merges keep
+        our order, which is their rank. Only the GPT-2 pattern has a Hugging Face equivalent.
+        """
+        if self.pattern != GPT2_PATTERN:
+            raise ValueError("to_hf supports only the GPT-2 pre-tokenisation pattern")
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # Hugging Face's package
+
+        table = bytes_to_unicode()
+        as_str = ["".join(table[b] for b in t) for t in self.vocab]
+        vocab = {s: i for i, s in enumerate(as_str)}
+        vocab.update(self.special_tokens)
+        merges = [(as_str[a], as_str[b]) for a, b in self.merges]
+        hf = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.decoder = decoders.ByteLevel()
+        hf.add_special_tokens(list(self.special_tokens))
+        return hf
+
+    def __repr__(self) -> str:
+        return (
+            f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+            f"special_tokens={list(self.special_tokens)})"
+        )

@@ -1,0 +1,11 @@
+"""Training (chapters 5-6, 8): the loop and everything it needs.
+
+* `trainer`     the one training loop: schedule, clipping, evaluation, checkpoints, resume
+* `batching`    random contiguous windows of a token stream, with a resumable data position
+* `objectives`  causal and masked language-modelling losses
+* `optim`       AdamW and Muon parameter groups
+* `checkpoint`  safetensors checkpoints written as one unit
+* `history`     what a run measured, step by step
+* `distributed` data parallelism under torchrun
+* `finetune`    classification fine-tuning of a pre-trained body
+"""
