@@ -109,6 +109,7 @@ CASES = {
     "accuracy label out of range": lambda: metrics.accuracy([0, 5], [0, 1]),
     "accuracy empty": lambda: metrics.accuracy([], []),
     "mean_std empty": lambda: metrics.mean_std([]),
+    "mean_se empty": lambda: metrics.mean_se([]),
     "exact_match length mismatch": lambda: seq2seq_data.exact_match(["a"], []),
     # positions and attention
     "sinusoidal_encoding d_model = 0": lambda: positional.sinusoidal_encoding(8, 0),
