@@ -14,7 +14,8 @@ loss read-back every step); tokens/s = timed tokens / summed step times. A mode 
 By default every precision runs eager and compiled side by side: fp32 and fp32+compile, plus bf16
 and bf16+compile on a CPU with bf16 instructions (avx512_bf16 or AMX; without them bf16 is barely
 faster than fp32). Compilation happens in the first warm-up step, so it is excluded from tokens/s
-and reported on its own: `compile s` = the first step's time minus a timed step's median.
+and reported on its own: `compile s` = the first step's time minus a timed step's median (compiled
+modes only).
 The load average is printed: other processes on the machine slow every mode down. Tokens per
 CPU-second (process time of all threads) is printed too: with one thread on a busy machine it
 approximates what a dedicated core would do.
@@ -98,7 +99,7 @@ def measure(mode: str, ids: torch.Tensor, vocab_size: int, steps: int, warmup: i
         "ms_per_step_median": 1000 * statistics.median(step_s),
         "tokens_per_cpu_s": tokens * len(step_s) / cpu_timed,
         "warmup_s": total - sum(step_s),
-        "compile_s": max(0.0, all_step_s[0] - statistics.median(step_s)),  # ~0 for an eager mode
+        "compile_s": max(0.0, all_step_s[0] - statistics.median(step_s)) if "compile" in parts else None,
         "final_train_loss": h.train_loss[-1],
         "n_params": sum(p.numel() for p in model.parameters()),
     }
@@ -139,9 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
     for mode in modes:
         r = measure(mode, ids, vocab, args.steps, args.warmup, args.batch_size)
         results.append(r)
+        compile_s = "-" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
         print(
             f"{r['mode']:<18}{r['tokens_per_s']:>10,.0f}{r['ms_per_step']:>9.1f}"
-            f"{r['tokens_per_s'] / REFERENCE_TOKENS_PER_S:>7.2f}x{r['warmup_s']:>11.1f}{r['compile_s']:>11.1f}"
+            f"{r['tokens_per_s'] / REFERENCE_TOKENS_PER_S:>7.2f}x{r['warmup_s']:>11.1f}{compile_s:>11}"
             f"{r['tokens_per_cpu_s']:>14,.0f}",
             flush=True,
         )

@@ -76,7 +76,7 @@ def test_train_throughput_prints_every_mode(text_file, capsys):
         ["--text", str(text_file), "--modes", "fp32,fp32+fused", "--steps", "3", "--warmup", "1", "--threads", "1"]
     )
     assert [r["mode"] for r in result["results"]] == ["fp32", "fp32+fused"]
-    assert all(r["tokens_per_s"] > 0 and r["compile_s"] >= 0 for r in result["results"])
+    assert all(r["tokens_per_s"] > 0 and r["compile_s"] is None for r in result["results"])  # eager modes
     assert "fastest:" in capsys.readouterr().out
 
 
