@@ -4,7 +4,7 @@
     python benchmarks/attention_cost.py --lengths 256 1024 --causal --json /tmp/cost.json
     python benchmarks/attention_cost.py --rss                # also measure peak RSS in subprocesses
 
-The measurements themselves are ``companion.analysis.efficiency.attention_cost`` (which Chapter 3 calls);
+The measurements themselves are ``companion.analysis.attention_cost.attention_cost`` (which Chapter 3 calls);
 this script adds the command line, the ``--rss`` cross-check and a JSON file.
 
 The explicit path is ``companion.nn.attention.scaled_dot_product_attention`` (it forms the full
@@ -40,7 +40,7 @@ import sys
 
 import torch
 
-from companion.analysis.efficiency import ATTENTION_PATHS, attention_call, attention_cost, attention_inputs
+from companion.analysis.attention_cost import ATTENTION_PATHS, attention_call, attention_cost, attention_inputs
 
 PATHS = ATTENTION_PATHS
 

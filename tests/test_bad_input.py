@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from companion.analysis import efficiency, interpret, metrics
+from companion.analysis import attention_cost, distillation, interpret, metrics, quantization
 from companion.inference import decoding, generation
 from companion.interop import hf
 from companion.nn import (
@@ -109,6 +109,7 @@ CASES = {
     "accuracy label out of range": lambda: metrics.accuracy([0, 5], [0, 1]),
     "accuracy empty": lambda: metrics.accuracy([], []),
     "mean_std empty": lambda: metrics.mean_std([]),
+    "mean_se empty": lambda: metrics.mean_se([]),
     "exact_match length mismatch": lambda: seq2seq_data.exact_match(["a"], []),
     # positions and attention
     "sinusoidal_encoding d_model = 0": lambda: positional.sinusoidal_encoding(8, 0),
@@ -230,12 +231,12 @@ CASES = {
     "fit_power_law non-positive": lambda: scaling_fit.fit_power_law([1, 2, 3], [1, 0, 2]),
     "fit_isoflop_minimum two points": lambda: scaling_fit.fit_isoflop_minimum([1, 2], [1, 2]),
     "gpt_parameters of a non-config": lambda: counting.gpt_parameters({"d_model": 8}),
-    # efficiency and interpretation
-    "qparams 1 bit": lambda: efficiency.qparams(torch.randn(4), n_bits=1),
-    "online_softmax block 0": lambda: efficiency.online_softmax(torch.randn(2, 8), 0),
-    "tiled_attention block 0": lambda: efficiency.tiled_attention(*[torch.randn(1, 1, 4, 2)] * 3, block_size=0),
-    "distillation_loss temperature 0": lambda: efficiency.distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), 0.0),
-    "distillation_loss shape mismatch": lambda: efficiency.distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4)),
+    # efficiency (quantisation, attention cost, distillation) and interpretation
+    "qparams 1 bit": lambda: quantization.qparams(torch.randn(4), n_bits=1),
+    "online_softmax block 0": lambda: attention_cost.online_softmax(torch.randn(2, 8), 0),
+    "tiled_attention block 0": lambda: attention_cost.tiled_attention(*[torch.randn(1, 1, 4, 2)] * 3, block_size=0),
+    "distillation_loss temperature 0": lambda: distillation.distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), 0),
+    "distillation_loss shape mismatch": lambda: distillation.distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4)),
     "induction_scores period 0": lambda: interpret.induction_scores(torch.rand(1, 1, 8, 8), 0),
     "weat_effect_size empty set": lambda: interpret.weat_effect_size(
         torch.zeros(0, 2), torch.ones(2, 2), torch.ones(2, 2), torch.ones(2, 2)

@@ -76,8 +76,15 @@ def test_train_throughput_prints_every_mode(text_file, capsys):
         ["--text", str(text_file), "--modes", "fp32,fp32+fused", "--steps", "3", "--warmup", "1", "--threads", "1"]
     )
     assert [r["mode"] for r in result["results"]] == ["fp32", "fp32+fused"]
-    assert all(r["tokens_per_s"] > 0 for r in result["results"])
+    assert all(r["tokens_per_s"] > 0 and r["compile_s"] is None for r in result["results"])  # eager modes
     assert "fastest:" in capsys.readouterr().out
+
+
+def test_train_throughput_compares_eager_and_compiled_by_default():
+    default_modes = load_benchmark("train_throughput").default_modes
+    assert default_modes({"bf16_flags": []}) == "fp32,fp32+compile"
+    assert default_modes({"bf16_flags": None}) == "fp32,fp32+compile"  # unknown CPU: no bf16
+    assert default_modes({"bf16_flags": ["amx_bf16"]}) == "fp32,fp32+compile,bf16,bf16+compile"
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Tests of companion.analysis.efficiency against PyTorch's own quantiser and attention."""
+"""Tests of the efficiency modules of companion.analysis (quantization, memory, attention_cost, measure,
+distillation, energy) against PyTorch's own quantiser and attention."""
 
 import math
 
@@ -7,28 +8,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from companion.analysis.efficiency import (
+from companion.analysis.attention_cost import (
     ATTENTION_PATHS,
-    MODEL_SHAPES,
-    DistillationModel,
     attention_call,
     attention_cost,
     attention_inputs,
-    best_time,
-    dequantize,
-    distillation_loss,
-    kv_cache_bytes,
-    kv_cache_table,
-    model_size_bytes,
     online_softmax,
-    profiler_peak_bytes,
-    qparams,
-    quantize,
-    quantize_dynamic_int8,
     tiled_attention,
-    time_call,
-    training_footprint,
 )
+from companion.analysis.distillation import DistillationModel, distillation_loss
+from companion.analysis.energy import training_footprint
+from companion.analysis.measure import best_time, profiler_peak_bytes, time_call
+from companion.analysis.memory import MODEL_SHAPES, kv_cache_table, model_size_bytes
+from companion.analysis.quantization import dequantize, qparams, quantize, quantize_dynamic_int8
+from companion.inference.generation import kv_cache_bytes
 from companion.nn import GPT, GPTConfig
 from companion.nn.attention import scaled_dot_product_attention
 

@@ -11,14 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from companion.experiments.pretraining_pays import (
-    DEFAULT_OUT,
-    METHODS,
-    PRESETS,
-    labelled_subset,
-    load_result,
-    results_table,
-)
+from companion.experiments.pretraining_pays import METHODS, PRESETS, labelled_subset
+from companion.experiments.pretraining_report import DEFAULT_OUT, load_result, results_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from companion.experiments import blank_filling as blanks
 from companion.experiments import clm_vs_mlm as exp
 
 
@@ -26,8 +27,8 @@ class Oracle(torch.nn.Module):
 
 def test_blank_test_is_fixed_and_about_15_percent():
     val = torch.arange(5000) % 60
-    w1, h1 = exp.blank_test(val, block_size=32, n_windows=200, seed=3)
-    w2, h2 = exp.blank_test(val, block_size=32, n_windows=200, seed=3)
+    w1, h1 = blanks.blank_test(val, block_size=32, n_windows=200, seed=3)
+    w2, h2 = blanks.blank_test(val, block_size=32, n_windows=200, seed=3)
     assert w1.shape == (200, 33) and h1.shape == (200, 32)
     assert torch.equal(w1, w2) and torch.equal(h1, h2)  # the same test for every model and step
     assert abs(h1.float().mean().item() - 0.15) < 0.02
@@ -36,17 +37,17 @@ def test_blank_test_is_fixed_and_about_15_percent():
 @pytest.mark.parametrize("kind", ["clm", "mlm"])
 def test_fill_blanks_aligns_predictions_with_the_hidden_characters(kind):
     val = torch.randint(0, 20, (3000,), generator=torch.Generator().manual_seed(0))
-    windows, hide = exp.blank_test(val, block_size=16, n_windows=64)
-    acc, ce = exp.fill_blanks(Oracle(windows, 21), kind, windows, hide, mask_id=20)
+    windows, hide = blanks.blank_test(val, block_size=16, n_windows=64)
+    acc, ce = blanks.fill_blanks(Oracle(windows, 21), kind, windows, hide, mask_id=20)
     assert acc == 1.0 and ce < 1e-3
     shifted = Oracle(torch.roll(windows, 1, dims=1), 21)  # off by one position: mostly wrong
-    assert exp.fill_blanks(shifted, kind, windows, hide, mask_id=20)[0] < 0.2
+    assert blanks.fill_blanks(shifted, kind, windows, hide, mask_id=20)[0] < 0.2
 
 
 def test_fill_blanks_rejects_an_unknown_kind():
-    windows, hide = exp.blank_test(torch.arange(100) % 7, block_size=8, n_windows=4)
+    windows, hide = blanks.blank_test(torch.arange(100) % 7, block_size=8, n_windows=4)
     with pytest.raises(ValueError, match="kind must be 'clm' or 'mlm'"):
-        exp.fill_blanks(Oracle(windows, 8), "seq2seq", windows, hide, mask_id=7)
+        blanks.fill_blanks(Oracle(windows, 8), "seq2seq", windows, hide, mask_id=7)
 
 
 def test_sinusoidal_start_copies_the_scaled_table():
@@ -145,14 +146,17 @@ def test_committed_full_result_is_complete():
         runs = result["runs"][str(seed)]
         for kind in ("clm", "mlm"):
             assert runs[kind]["step"][-1] == cfg.steps
-            assert set(runs[kind]["sentences"]) == set(exp.SENTENCES)
+            assert set(runs[kind]["sentences"]) == set(blanks.SENTENCES)
         assert runs["paired"]["step"] == runs["mlm"]["step"]
 
 
 def test_answers_fill_the_sentences():
-    for sentence, answer in zip(exp.SENTENCES, exp.ANSWERS, strict=True):
+    for sentence, answer in zip(blanks.SENTENCES, blanks.ANSWERS, strict=True):
         assert all(s in ("_", a) for s, a in zip(sentence, answer, strict=True))
-        assert exp.blanks_right(answer, sentence, answer) == (sentence.count("_"),) * 2
-    assert exp.blanks_right("The kang is dead; long live the king!", exp.SENTENCES[0], exp.ANSWERS[0]) == (1, 2)
+        assert blanks.blanks_right(answer, sentence, answer) == (sentence.count("_"),) * 2
+    assert blanks.blanks_right("The kang is dead; long live the king!", blanks.SENTENCES[0], blanks.ANSWERS[0]) == (
+        1,
+        2,
+    )
     with pytest.raises(ValueError, match="differ in length"):
-        exp.blanks_right("The king", exp.SENTENCES[0], exp.ANSWERS[0])
+        blanks.blanks_right("The king", blanks.SENTENCES[0], blanks.ANSWERS[0])

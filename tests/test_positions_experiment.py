@@ -1,4 +1,4 @@
-"""The positional-encoding experiment of chapter 2: its models, measurements and a tiny run."""
+"""The positional-encoding experiment of chapter 2: its models (and ALiBi), measurements and a tiny run."""
 
 from __future__ import annotations
 
@@ -9,16 +9,19 @@ import math
 import pytest
 import torch
 
+from companion.analysis.metrics import mean_se
+from companion.experiments import position_models as models
 from companion.experiments import positions as exp
 from companion.nn.gpt import GPTConfig
+from companion.nn.positional import alibi_bias, alibi_slopes
 
 SHAPE = GPTConfig(vocab_size=11, block_size=8, n_layers=2, n_heads=2, d_model=16)
 
 
-@pytest.mark.parametrize("position", exp.POSITIONS)
+@pytest.mark.parametrize("position", models.POSITIONS)
 def test_models_are_causal_and_shaped(position):
     torch.manual_seed(0)
-    model = exp.PositionalGPT(SHAPE, position).eval()
+    model = models.PositionalGPT(SHAPE, position).eval()
     idx = torch.randint(0, 11, (3, 8))
     out = model(idx, targets=idx)
     assert out.logits.shape == (3, 8, 11) and out.loss.ndim == 0
@@ -29,8 +32,8 @@ def test_models_are_causal_and_shaped(position):
 
 def test_only_the_learned_table_is_bounded_by_block_size():
     idx = torch.randint(0, 11, (2, 20))
-    for position in exp.POSITIONS:
-        model = exp.PositionalGPT(SHAPE, position)
+    for position in models.POSITIONS:
+        model = models.PositionalGPT(SHAPE, position)
         if position == "learned":
             with pytest.raises(ValueError, match="learned position table has 8 rows"):
                 model(idx)
@@ -47,7 +50,7 @@ def test_without_positions_one_layer_sees_a_set():
     gaps = {}
     for position in ("none", "rotary"):
         torch.manual_seed(0)
-        model = exp.PositionalGPT(one_layer, position).eval()
+        model = models.PositionalGPT(one_layer, position).eval()
         with torch.no_grad():
             for p in model.parameters():  # large random weights: sharp attention, visible effects
                 p.normal_()
@@ -56,25 +59,25 @@ def test_without_positions_one_layer_sees_a_set():
 
 
 def test_alibi_bias_is_a_causal_linear_distance_penalty():
-    slopes = exp.alibi_slopes(4)
+    slopes = alibi_slopes(4)
     assert torch.allclose(slopes, torch.tensor([2**-2, 2**-4, 2**-6, 2**-8]))
-    bias = exp.alibi_bias(slopes, 5)  # (4, 5, 5)
+    bias = alibi_bias(slopes, 5)  # (4, 5, 5)
     assert bias.shape == (4, 5, 5)
     assert torch.isinf(bias[:, 0, 1:]).all() and (bias[:, 0, 1:] < 0).all()  # no looking ahead
     assert bias[1, 4, 1].item() == pytest.approx(-slopes[1].item() * 3)  # -m_h (i - j)
     assert torch.equal(bias[:, range(5), range(5)], torch.zeros(4, 5))
     with pytest.raises(ValueError, match="n_heads"):
-        exp.alibi_slopes(0)
+        alibi_slopes(0)
 
 
 def test_alibi_attention_matches_the_explicit_formula():
     torch.manual_seed(0)
-    model = exp.PositionalGPT(SHAPE, "alibi").eval()
+    model = models.PositionalGPT(SHAPE, "alibi").eval()
     wrapper = model.blocks[0].attn
     x = torch.randn(2, 6, 16)
     attn = wrapper.attn
     q, k, v = (proj(x).view(2, 6, 2, 8).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-    scores = q @ k.transpose(-1, -2) / math.sqrt(8) + exp.alibi_bias(wrapper.slopes, 6)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(8) + alibi_bias(wrapper.slopes, 6)
     y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 6, 16)
     assert torch.allclose(wrapper(x, is_causal=True).out, attn.out_proj(y), atol=1e-5)
     with pytest.raises(ValueError, match="causal self-attention only"):
@@ -83,7 +86,7 @@ def test_alibi_attention_matches_the_explicit_formula():
 
 def test_sliding_losses_score_each_position_from_the_last_block_size_tokens():
     torch.manual_seed(0)
-    model = exp.PositionalGPT(SHAPE, "rotary").eval()
+    model = models.PositionalGPT(SHAPE, "rotary").eval()
     windows = torch.randint(0, 11, (4, 13))  # L = 12
     full = exp.position_losses(model, windows)  # (4, 12)
     sliding = exp.sliding_losses(model, windows, block_size=8)  # (4, 4): positions 8..11
@@ -129,14 +132,14 @@ def test_summaries_and_paired_differences():
         exp.paired_difference(result, "a", "b", "beyond")
     with pytest.raises(ValueError, match="metric must be one of"):
         exp.paired_difference(result, "a", "b", "loss")
-    assert exp.mean_se([3.0]) == (3.0, 0.0)
+    assert mean_se([3.0]) == (3.0, 0.0)
 
 
 def test_config_rejects_unknown_positions():
     with pytest.raises(ValueError, match="positions must be"):
         exp.PositionsConfig("bad", positions=("learned", "xpos"))
     with pytest.raises(ValueError, match="unknown position"):
-        exp.PositionalGPT(SHAPE, "xpos")
+        models.PositionalGPT(SHAPE, "xpos")
 
 
 @pytest.mark.slow

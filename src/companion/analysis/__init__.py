@@ -1,8 +1,13 @@
 """Measuring and looking inside models (chapters 3, 8-9).
 
-* `metrics`    bits per character/byte, accuracy, F1, mean and standard error
-* `baselines`  bag-of-words logistic regression and the linear probe
-* `interpret`  attention patterns, the logit lens, association tests, memorisation
-* `efficiency` quantisation, KV-cache memory, tiled attention, distillation, energy
-* `plotting`   loss curves of a training run
+* `metrics`        bits per character/byte, accuracy, F1, mean and standard error
+* `baselines`      bag-of-words logistic regression and the linear probe
+* `interpret`      attention patterns, the logit lens, association tests, memorisation
+* `quantization`   int8 quantisers of tensors, dynamic int8 quantisation of a model
+* `memory`         bytes of a model's weights and of its KV cache
+* `attention_cost` tiled attention with the online softmax; attention's measured time and memory
+* `measure`        the wall time and the peak tensor memory of one call
+* `distillation`   knowledge distillation of a student from a teacher
+* `energy`         GPU-hours, energy and CO2 of a training run
+* `plotting`       loss curves of a training run
 """

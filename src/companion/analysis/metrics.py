@@ -1,4 +1,4 @@
-r"""Evaluation metrics: bits per character / byte for language models; classifier accuracy, F1, mean ± std.
+r"""Evaluation metrics: bits per character / byte for language models; classifier accuracy, F1, mean ± std or ± SE.
 
 A language model's total negative log-likelihood of a text, $-\sum_t \ln P(x_t \mid x_{<t})$ in
 nats, does not depend on how the text was cut into tokens, so dividing it by a property of the
@@ -30,6 +30,7 @@ __all__ = [
     "confusion_matrix",
     "f1_scores",
     "macro_f1",
+    "mean_se",
     "mean_std",
 ]
 
@@ -129,3 +130,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if len(v) == 1:
         return m, 0.0
     return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and its standard error, sample std / sqrt(n) (0.0 for a single value), of a list of numbers."""
+    if not values:
+        raise ValueError("mean_se of an empty list is undefined")
+    m, std = mean_std(values)
+    return m, std / math.sqrt(len(values))

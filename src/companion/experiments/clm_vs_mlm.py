@@ -7,6 +7,7 @@ fills in blanks: 15% of the characters of fixed held-out windows are hidden, the
 the corrupted window on both sides, the causal model predicts each hidden character from the true
 text to its left. It writes one small JSON (curves of validation loss and blank-filling accuracy,
 the fills of a few sentences at the end, and how and where it ran) that chapter 5 plots.
+The test itself is ``companion.experiments.blank_filling``.
 
 Every seed in the preset trains both models again (seed = initial weights, batches and masks);
 the blank-filling test is the same for every seed, so the two models and the seeds are compared
@@ -23,13 +24,9 @@ Only an explicit ``--out`` replaces the committed result that chapter 5 reads.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime as dt
 import json
 import math
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -39,10 +36,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from companion.experiments import committed, default_out
+from companion.experiments import (
+    committed,
+    default_out,
+    experiment_parser,
+    machine,
+    parse_args,
+    shakespeare_chars,
+    utc_now,
+    write_json,
+)
+from companion.experiments.blank_filling import SENTENCES, blank_test, fill_predictions, fill_sentence
 from companion.nn import GPT, EncoderConfig, EncoderForMaskedLM, GPTConfig
 from companion.nn.positional import sinusoidal_encoding
-from companion.text.corpora import load_corpus
 from companion.text.tokenization import CharTokenizer
 from companion.training.objectives import MaskedLM
 from companion.training.trainer import TrainConfig, train
@@ -50,26 +56,6 @@ from companion.training.trainer import TrainConfig, train
 NAME = "objectives"
 FORMAT = "companion-objectives"
 VERSION = 2
-SENTENCES = (
-    "The k_ng is dead; long live the k_ng!",
-    "I pr_y you, good my l_rd, what n_ws from the c_urt?",
-    "She loves me n_t, and I am f__l to love her.",
-    "Come, sw__t night, and bring me to my br_de.",
-)
-ANSWERS = (
-    "The king is dead; long live the king!",
-    "I pray you, good my lord, what news from the court?",
-    "She loves me not, and I am fool to love her.",
-    "Come, sweet night, and bring me to my bride.",
-)
-
-
-def blanks_right(filled: str, sentence: str, answer: str) -> tuple[int, int]:
-    """(blanks filled with the right character, blanks) of one sentence with `_` blanks."""
-    if not len(filled) == len(sentence) == len(answer):
-        raise ValueError(f"filled, sentence and answer differ in length: {filled!r}, {sentence!r}, {answer!r}")
-    blanks = [i for i, c in enumerate(sentence) if c == "_"]
-    return sum(filled[i] == answer[i] for i in blanks), len(blanks)
 
 
 @dataclass(frozen=True)
@@ -170,12 +156,7 @@ class CharData:
 
 def load_chars(corpus_chars: int | None = None) -> CharData:
     """Shakespeare as character ids: the first 90% to train on, the last 10% held out."""
-    text = load_corpus("shakespeare")
-    text = text[:corpus_chars] if corpus_chars else text
-    tok = CharTokenizer(text)
-    ids = torch.tensor(tok.encode(text))
-    n_train = int(0.9 * len(ids))
-    return CharData(tok, ids[:n_train], ids[n_train:])
+    return CharData(*shakespeare_chars(corpus_chars))
 
 
 def sinusoidal_start(pos_emb: nn.Embedding, scale: float = 0.1) -> None:
@@ -193,72 +174,6 @@ def build_models(cfg: ObjectivesConfig, vocab_size: int, seed: int = 0) -> dict[
     sinusoidal_start(gpt.pos_emb)
     sinusoidal_start(bert.encoder.pos_emb)
     return {"clm": gpt, "mlm": bert}
-
-
-def blank_test(
-    val_ids: torch.Tensor, block_size: int, n_windows: int, p: float = 0.15, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed held-out windows (n, block_size + 1) and which of their last block_size characters to hide."""
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(len(val_ids) - block_size - 1, (n_windows,), generator=g)
-    windows = val_ids[starts[:, None] + torch.arange(block_size + 1)]  # (n, T + 1)
-    hide = torch.rand(n_windows, block_size, generator=g) < p  # (n, T) over windows[:, 1:]
-    return windows, hide
-
-
-@torch.no_grad()
-def fill_predictions(
-    model: nn.Module, kind: str, windows: torch.Tensor, hide: torch.Tensor, mask_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per hidden character: (guessed right, bool (n_hidden,); its negative log-probability (n_hidden,)).
-
-    kind "mlm": one pass over windows[:, 1:] with every hidden character replaced by [MASK];
-    kind "clm": the causal model predicts windows[:, 1:] from the true text to the left.
-    """
-    x = windows[:, 1:]  # (n, T): the characters to recover
-    was_training = model.training
-    model.eval()
-    if kind == "mlm":
-        logits = model(x.masked_fill(hide, mask_id)).logits
-    elif kind == "clm":
-        logits = model(windows[:, :-1]).logits  # position t predicts x[:, t]
-    else:
-        raise ValueError(f"kind must be 'clm' or 'mlm', got {kind!r}")
-    model.train(was_training)
-    logits = logits[..., :mask_id]  # (n, T, characters): never guess [MASK] itself
-    right = (logits.argmax(-1) == x)[hide]  # (n_hidden,)
-    nll = torch.nn.functional.cross_entropy(logits[hide], x[hide], reduction="none")  # (n_hidden,)
-    return right, nll
-
-
-def fill_blanks(
-    model: nn.Module, kind: str, windows: torch.Tensor, hide: torch.Tensor, mask_id: int
-) -> tuple[float, float]:
-    """(accuracy, cross-entropy in nats) of the model's guesses of the hidden characters."""
-    right, nll = fill_predictions(model, kind, windows, hide, mask_id)
-    return right.float().mean().item(), nll.mean().item()
-
-
-@torch.no_grad()
-def fill_sentence(model: nn.Module, kind: str, sentence: str, tok: CharTokenizer, mask_id: int) -> str:
-    """Fill the `_` of a sentence: the encoder in one pass, the GPT left to right (greedy)."""
-    was_training = model.training
-    model.eval()
-    if kind == "mlm":
-        x = torch.tensor([mask_id if c == "_" else tok.stoi[c] for c in sentence])[None]  # (1, T)
-        best = model(x).logits[0, :, :mask_id].argmax(-1)  # (T,)
-        out = "".join(tok.chars[best[i]] if c == "_" else c for i, c in enumerate(sentence))
-    else:
-        chars: list[str] = []
-        for c in sentence:
-            if c == "_":
-                context = tok.encode("".join(chars))[-model.config.block_size :]
-                logits = model(torch.tensor([context])).logits[0, -1, :mask_id]
-                c = tok.chars[logits.argmax().item()]
-            chars.append(c)
-        out = "".join(chars)
-    model.train(was_training)
-    return out
 
 
 def run_seed(
@@ -355,15 +270,7 @@ def run(cfg: ObjectivesConfig, progress: bool = False) -> dict[str, Any]:
         "characters": {"train": len(data.train_ids), "val": len(data.val_ids), "vocab_size": data.vocab_size},
         "hidden_characters": int(hide.sum()),
         "runs": runs,
-        "metadata": {
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "device": "cpu",
-        },
+        "metadata": {"date": utc_now(), **machine(), "device": "cpu"},
     }
 
 
@@ -427,26 +334,11 @@ def _se(x: torch.Tensor) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    p = argparse.ArgumentParser(
-        prog="python -m companion.experiments.clm_vs_mlm",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="JSON output (default: ./objectives_<preset>.json; the committed result is "
-        "replaced only when this names it)",
-    )
-    p.add_argument("--progress", action="store_true", help="show the trainer's progress bars")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    parser = experiment_parser("clm_vs_mlm", NAME, __doc__, PRESETS)
+    parser.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
+    parser.add_argument("--progress", action="store_true", help="show the trainer's progress bars")
+    args, command = parse_args(parser, argv)
     cfg = PRESETS[args.preset]
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps)
@@ -455,12 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or default_out(NAME, args.preset)
     t0 = time.perf_counter()
     result = run(cfg, progress=args.progress)
-    result["command"] = " ".join(
-        ["python -m companion.experiments.clm_vs_mlm", *(sys.argv[1:] if argv is None else argv)]
-    )
+    result["command"] = command
     result["metadata"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_json(out, result)
     summary = summarize(result)
     for kind in ("clm", "mlm"):
         print(

@@ -13,9 +13,8 @@ the held-out loss at every position of windows *twice as long* as the training w
   tokens, the standard way to run a fixed-length model on long text and the baseline that
   extrapolation has to beat. Every model, the learned one included, gets this number.
 
-The models are built by composition from the package's blocks (``TransformerBlock``,
-``init_gpt_weights``); rotary and ALiBi replace each block's attention by a wrapper that reuses its
-projections. Training is ``companion.training.trainer.train``.
+The models are ``companion.experiments.position_models.PositionalGPT``; training is
+``companion.training.trainer.train``.
 
     python -m companion.experiments.positions --preset full --out src/companion/results/positions.json
     python -m companion.experiments.positions --preset tiny          # writes ./positions_tiny.json
@@ -23,13 +22,9 @@ projections. Training is ``companion.training.trainer.train``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime as dt
 import json
 import math
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -40,144 +35,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from companion.experiments import committed, default_out
-from companion.nn.attention import AttentionOutput, MultiHeadAttention, merge_heads, split_heads
-from companion.nn.blocks import TransformerBlock
-from companion.nn.gpt import GPTConfig, GPTOutput, init_gpt_weights
-from companion.nn.positional import RotaryEmbedding, sinusoidal_encoding
-from companion.text.corpora import load_corpus
-from companion.text.tokenization import CharTokenizer
+from companion.analysis.metrics import mean_se
+from companion.experiments import (
+    committed,
+    default_out,
+    experiment_parser,
+    machine,
+    parse_args,
+    shakespeare_chars,
+    utc_now,
+    write_json,
+)
+from companion.experiments.position_models import POSITIONS, PositionalGPT
+from companion.nn.gpt import GPTConfig
 from companion.training.trainer import TrainConfig, train
 
 NAME = "positions"
 FORMAT = "companion-positions"
-POSITIONS = ("learned", "sinusoidal", "rotary", "alibi", "none")
 METRICS = ("within", "beyond", "beyond_sliding")
-
-
-# ----------------------------------------------------------------------------- the models
-
-
-def alibi_slopes(n_heads: int) -> torch.Tensor:
-    """ALiBi's head-specific slopes m_h = 2^(-8h/n_heads), h = 1..n_heads (Press et al. 2022): (n_heads,)."""
-    if n_heads < 1:
-        raise ValueError(f"n_heads must be >= 1, got {n_heads}")
-    return 2.0 ** (-8.0 * torch.arange(1, n_heads + 1, dtype=torch.float32) / n_heads)
-
-
-def alibi_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
-    """Causal ALiBi bias (n_heads, T, T): -m_h (i - j) for keys j <= i, -inf for j > i."""
-    i = torch.arange(length, device=slopes.device)
-    distance = (i[:, None] - i[None, :]).to(slopes.dtype)  # (T, T): i - j
-    bias = -slopes[:, None, None] * distance  # (n_heads, T, T)
-    return bias.masked_fill(distance < 0, -math.inf)
-
-
-class PositionAwareAttention(nn.Module):
-    """A block's MultiHeadAttention with rotary q/k or an ALiBi score bias; reuses its projections.
-
-    Only causal self-attention without a cache or masks is supported (what the experiment needs).
-    """
-
-    def __init__(self, attn: MultiHeadAttention, position: str, base: float = 10000.0):
-        super().__init__()
-        if position not in ("rotary", "alibi"):
-            raise ValueError(f"position must be 'rotary' or 'alibi', got {position!r}")
-        self.attn, self.position = attn, position
-        self.rope = RotaryEmbedding(attn.d_head, base) if position == "rotary" else None
-        self.register_buffer("slopes", alibi_slopes(attn.n_heads), persistent=False)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        *,
-        attn_mask: torch.Tensor | None = None,
-        key_padding_mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-        past_kv: Any = None,
-        use_cache: bool = False,
-        need_weights: bool = False,
-    ) -> AttentionOutput:
-        """Causal self-attention of x (B, T, d_model) -> AttentionOutput(out (B, T, d_model), None, None)."""
-        if (
-            context is not None
-            or attn_mask is not None
-            or key_padding_mask is not None
-            or past_kv is not None
-            or use_cache
-            or need_weights
-            or not is_causal
-        ):
-            raise ValueError(
-                "PositionAwareAttention does causal self-attention only (no context, masks, cache or weights)"
-            )
-        a = self.attn
-        q = split_heads(a.q_proj(x), a.n_heads)  # (B, H, T, d_head)
-        k = split_heads(a.k_proj(x), a.n_heads)
-        v = split_heads(a.v_proj(x), a.n_heads)
-        p = a.dropout if self.training else 0.0
-        if self.rope is not None:
-            q, k = self.rope(q, k)  # rotate by positions 0..T-1
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        else:
-            bias = alibi_bias(self.slopes.to(q.dtype), x.shape[1])  # (H, T, T), causal
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
-        return AttentionOutput(a.out_proj(merge_heads(y)), None, None)
-
-
-class PositionalGPT(nn.Module):
-    """A pre-LN GPT whose position information is `position` (one of POSITIONS).
-
-    "learned": a (block_size, d_model) table added to the token embeddings (GPT-2);
-    "sinusoidal": scale * PE(pos) added (Vaswani et al. 2017), defined for any length;
-    "rotary": queries and keys rotated (Su et al. 2021); "alibi": a linear distance bias on the
-    scores (Press et al. 2022); "none": nothing but the causal mask (NoPE, Haviv et al. 2022).
-    Only "learned" is limited to block_size positions.
-    """
-
-    def __init__(self, config: GPTConfig, position: str, sinusoidal_scale: float = 0.1):
-        super().__init__()
-        if position not in POSITIONS:
-            raise ValueError(f"unknown position {position!r}; choose one of {', '.join(POSITIONS)}")
-        self.config = c = config
-        self.position, self.sinusoidal_scale = position, sinusoidal_scale
-        self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
-        self.pos_emb = nn.Embedding(c.block_size, c.d_model) if position == "learned" else None
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                c.d_model, c.n_heads, c.d_ff, dropout=c.dropout, bias=c.bias, norm="pre", activation=c.activation
-            )
-            for _ in range(c.n_layers)
-        )
-        self.ln_f = nn.LayerNorm(c.d_model, bias=c.bias)
-        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
-        init_gpt_weights(self, n_residual_branches=2 * c.n_layers)
-        self.lm_head.weight = self.tok_emb.weight  # tied, as in GPT-2
-        if position in ("rotary", "alibi"):
-            for block in self.blocks:
-                block.attn = PositionAwareAttention(block.attn, position)
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> GPTOutput:
-        """idx (B, T) -> GPTOutput(logits (B, T, vocab_size), mean cross-entropy or None, None)."""
-        T = idx.shape[1]
-        x = self.tok_emb(idx)  # (B, T, d_model)
-        if self.position == "learned":
-            if T > self.config.block_size:
-                raise ValueError(
-                    f"a learned position table has {self.config.block_size} rows; got a sequence of length {T}"
-                )
-            x = x + self.pos_emb(torch.arange(T, device=idx.device))
-        elif self.position == "sinusoidal":
-            pe = sinusoidal_encoding(T, self.config.d_model).to(x.device, x.dtype)  # (T, d_model)
-            x = x + self.sinusoidal_scale * pe
-        for block in self.blocks:
-            x, _ = block(x, is_causal=True)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab_size)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        return GPTOutput(logits, loss, None)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -305,16 +180,6 @@ PRESETS = {
 }
 
 
-def load_data(corpus_chars: int | None = None) -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
-    """Shakespeare as character ids: (tokenizer, first 90% to train on, last 10% held out)."""
-    text = load_corpus("shakespeare")
-    text = text[:corpus_chars] if corpus_chars else text
-    tok = CharTokenizer(text)
-    ids = torch.tensor(tok.encode(text))
-    n_train = int(0.9 * len(ids))
-    return tok, ids[:n_train], ids[n_train:]
-
-
 def run_one(
     cfg: PositionsConfig, position: str, seed: int, train_ids: torch.Tensor, windows: torch.Tensor, vocab_size: int
 ) -> dict[str, Any]:
@@ -350,7 +215,7 @@ def run_one(
 
 def run(cfg: PositionsConfig, verbose: bool = False) -> dict[str, Any]:
     """Every (position, seed) pair of `cfg`; returns the JSON-ready result."""
-    tok, train_ids, val_ids = load_data(cfg.corpus_chars)
+    tok, train_ids, val_ids = shakespeare_chars(cfg.corpus_chars)
     windows = eval_windows(val_ids, cfg.eval_factor * cfg.block_size, cfg.eval_windows)
     runs = []
     for seed in cfg.seeds:
@@ -376,15 +241,7 @@ def run(cfg: PositionsConfig, verbose: bool = False) -> dict[str, Any]:
             "eval_length": windows.shape[1] - 1,
         },
         "runs": runs,
-        "metadata": {
-            "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "device": "cpu",
-        },
+        "metadata": {"date_utc": utc_now(), **machine(), "device": "cpu"},
     }
 
 
@@ -404,17 +261,6 @@ def _values(result: dict[str, Any], position: str, metric: str) -> dict[int, flo
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     return {r["seed"]: r[metric] for r in result["runs"] if r["position"] == position and r[metric] is not None}
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error (sample std / sqrt(n); 0.0 for one value) of a list of numbers."""
-    if not values:
-        raise ValueError("mean_se of an empty list is undefined")
-    m = sum(values) / len(values)
-    if len(values) == 1:
-        return m, 0.0
-    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
-    return m, math.sqrt(var / len(values))
 
 
 def summarize(result: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, int] | None]]:
@@ -441,29 +287,15 @@ def paired_difference(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: python -m companion.experiments.positions [--preset full|tiny] [--out PATH]."""
-    argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="python -m companion.experiments.positions", description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="JSON to write (default: ./positions_<preset>.json; the committed result "
-        "is replaced only when named here)",
-    )
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = PRESETS[args.preset]
+    parser = experiment_parser("positions", NAME, __doc__.split("\n\n")[0], PRESETS)
+    parser.add_argument("--quiet", action="store_true")
+    args, command = parse_args(parser, argv)
     out = args.out or default_out(NAME, args.preset)
     t0 = time.perf_counter()
-    result = run(cfg, verbose=not args.quiet)
-    result["command"] = " ".join(["python -m companion.experiments.positions", *argv])
+    result = run(PRESETS[args.preset], verbose=not args.quiet)
+    result["command"] = command
     result["metadata"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_json(out, result)
     if not args.quiet:
         print(f"wrote {out}")
     return 0

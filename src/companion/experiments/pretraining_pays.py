@@ -13,7 +13,7 @@ seed, trains and tests on the fixed Rotten Tomatoes splits (`load_sentiment("rot
 
 The n labelled sentences are a class-balanced draw from the training split, different for each
 seed (which also sets the initialisation). The small JSON result (accuracy per seed, mean ± sample
-std, timings) is what chapter 8 reads.
+std, timings) is what chapter 8 reads, through ``companion.experiments.pretraining_report``.
 
     python -m companion.experiments.pretraining_pays                              # full (~25 min, 2 cores)
     python -m companion.experiments.pretraining_pays --preset tiny --out /tmp/tiny.json   # < 40 s
@@ -21,18 +21,12 @@ std, timings) is what chapter 8 reads.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime as dt
-import json
 import math
 import os
-import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +34,8 @@ import torch
 
 from companion.analysis.baselines import fit_bag_of_words, fit_linear_probe, sentence_embeddings
 from companion.analysis.metrics import accuracy, macro_f1, mean_std
-from companion.experiments import committed, default_out
+from companion.experiments import default_out, experiment_parser, machine, parse_args, utc_now, write_json
+from companion.experiments.pretraining_report import results_table
 from companion.nn import GPT, GPTConfig
 from companion.text.corpora import load_corpus, load_sentiment
 from companion.training.finetune import (
@@ -56,15 +51,6 @@ from companion.training.finetune import (
 )
 from companion.training.trainer import TrainConfig, train
 from companion.utils import set_seed
-
-DEFAULT_OUT = committed("finetune")  # the full run the chapter reads (written only with --out)
-SHORT_NAMES = {
-    "bow": "bag of\nwords",
-    "scratch": "GPT from\nscratch",
-    "minilm_probe": "MiniLM\nprobe",
-    "finetune_head": "pre-trained GPT,\nhead only",
-    "finetune_full": "pre-trained GPT,\nfully fine-tuned",
-}
 
 METHODS: dict[str, str] = {
     "bow": "bag-of-words logistic regression",
@@ -373,81 +359,12 @@ def run_experiment(
             "wall_seconds": round(time.perf_counter() - t_start, 1),
             "cpu_seconds": round(time.process_time() - cpu_start, 1),
             "phase_seconds": {k: round(v, 1) for k, v in phases.items()},
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
+            "date": utc_now(),
+            **machine(),
             "load_average_before": load_before,
             "load_average_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         },
     }
-
-
-# ----------------------------------------------------------------------------- reading and plotting
-
-
-def load_result(path: str | Path | None = None) -> dict[str, Any]:
-    """Read a result JSON (default: the committed full run)."""
-    return json.loads(Path(path or DEFAULT_OUT).read_text())
-
-
-def results_table(result: dict[str, Any]) -> str:
-    """A Markdown table: one row per method, one column per label count, 'mean ± std' in %."""
-    counts = result["label_counts"]
-    head = "| method | " + " | ".join(f"n = {n:,}" for n in counts) + " |"
-    rows = [head, "|" + "---|" * (len(counts) + 1)]
-    for m, per_n in result["results"].items():
-        cells = [f"{100 * per_n[str(n)]['mean']:.1f} ± {100 * per_n[str(n)]['std']:.1f}" for n in counts]
-        rows.append(f"| {result['methods'][m]} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-def plot_learning_curves(result: dict[str, Any], ax=None, title: str | None = None):
-    """Test accuracy (mean ± std over seeds) against the number of labelled examples, log x-axis."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 4))
-    counts = result["label_counts"]
-    for i, (m, per_n) in enumerate(result["results"].items()):
-        mean = np.array([per_n[str(n)]["mean"] for n in counts]) * 100
-        std = np.array([per_n[str(n)]["std"] for n in counts]) * 100
-        shift = 1.03 ** (i - 2)  # small horizontal offsets keep the error bars apart
-        ax.errorbar(np.array(counts) * shift, mean, yerr=std, marker="o", capsize=3, label=result["methods"][m])
-    ax.axhline(50, color="grey", linestyle=":", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xticks(counts, [f"{n:,}" for n in counts])
-    ax.minorticks_off()
-    ax.set_xlabel("labelled training sentences (log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    seeds = len(result["config"]["seeds"])
-    ax.set_title(title or f"Rotten Tomatoes: accuracy vs labels ({seeds} seed{'s' * (seeds > 1)})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return ax
-
-
-def plot_accuracy_bars(result: dict[str, Any], n: int | None = None, ax=None, title: str | None = None):
-    """Bar chart of test accuracy per method at one label count (default: the largest), with std error bars."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 4))
-    n = n or max(result["label_counts"])
-    methods = list(result["results"])
-    mean = [100 * result["results"][m][str(n)]["mean"] for m in methods]
-    std = [100 * result["results"][m][str(n)]["std"] for m in methods]
-    ax.bar(range(len(methods)), mean, yerr=std, capsize=4, color=[f"C{i}" for i in range(len(methods))])
-    for i, (m_, s_) in enumerate(zip(mean, std)):
-        ax.text(i, m_ + s_ + 0.5, f"{m_:.1f}", ha="center", fontsize=8)
-    ax.set_xticks(range(len(methods)), [SHORT_NAMES[m] for m in methods], fontsize=8)
-    ax.set_ylim(min(45, min(mean) - 5), max(mean) + max(std) + 5)
-    ax.axhline(50, color="grey", linestyle=":", linewidth=1)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or f"Rotten Tomatoes test accuracy, n = {n:,} labels")
-    return ax
 
 
 # ----------------------------------------------------------------------------- command line
@@ -455,30 +372,15 @@ def plot_accuracy_bars(result: dict[str, Any], n: int | None = None, ax=None, ti
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: run a preset and write its JSON."""
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(
-        prog="python -m companion.experiments.pretraining_pays", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="JSON path (default: finetune_<preset>.json in the current "
-        f"folder; the committed result is {DEFAULT_OUT})",
-    )
+    parser = experiment_parser("pretraining_pays", "finetune", __doc__.split("\n")[0], PRESETS)
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args, command = parse_args(parser, argv)
     cfg = dataclasses.replace(PRESETS[args.preset])
     if args.seeds:
         cfg.seeds = tuple(args.seeds)
-    out = Path(args.out or default_out("finetune", args.preset))
-    command = " ".join(["python -m companion.experiments.pretraining_pays", *argv])
+    out = args.out or default_out("finetune", args.preset)
     result = run_experiment(cfg, log=lambda s: print(s, flush=True), command=command)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out, result)
     print(results_table(result))
     print(f"wrote {out} ({result['metadata']['wall_seconds']:.0f} s wall)")
     return result

@@ -14,14 +14,11 @@ and when it ran) that chapter 7 reads.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime as dt
 import json
 import math
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +26,7 @@ from typing import Any
 
 import torch
 
-from companion.experiments import committed, default_out
+from companion.experiments import committed, default_out, experiment_parser, machine, parse_args, utc_now, write_json
 from companion.nn import GPT, GPTConfig
 from companion.scaling.counting import forward_flops_per_token, gpt_parameters
 from companion.text.bpe import BPETokenizer
@@ -253,13 +250,9 @@ def _metadata(cfg: SweepConfig, command: str, data: SweepData | None) -> dict[st
     meta = {
         "command": command,
         "preset": cfg.name,
-        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
+        "date_utc": utc_now(),
+        **machine(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
     if data is not None:
@@ -282,13 +275,6 @@ def unigram_entropy(train: torch.Tensor, val: torch.Tensor) -> float:
     size = int(max(train.max(), val.max())) + 1
     p = (torch.bincount(train, minlength=size).double() + 1) / (len(train) + size)
     return float(-p.log()[val].mean())
-
-
-def _write(path: Path, result: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a file
 
 
 def run_sweep(
@@ -343,7 +329,7 @@ def run_sweep(
         result["complete"] = i == len(plans) - 1
         result["metadata"]["data_seconds"] = round(data_s, 1)
         result["metadata"]["wall_seconds"] = round(elapsed_before + time.perf_counter() - t_start, 1)
-        _write(out, result)
+        write_json(out, result)
         if verbose:
             print(
                 f"[{i + 1}/{len(plans)}] C={plan.budget:.2g} L={plan.n_layers} d={plan.d_model} "
@@ -356,29 +342,18 @@ def run_sweep(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line: python -m companion.experiments.scaling_sweep [--preset full|tiny] [--out PATH]."""
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(
-        prog="python -m companion.experiments.scaling_sweep", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="JSON to write (default: scaling_<preset>.json in the "
-        "the full preset, scaling_<preset>.json in the current folder otherwise)",
-    )
+    parser = experiment_parser("scaling_sweep", "scaling", __doc__.split("\n\n")[0], PRESETS)
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --out")
     parser.add_argument("--plan", action="store_true", help="print the runs and exit")
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
+    args, command = parse_args(parser, argv)
     cfg = PRESETS[args.preset]
     if args.plan:
         for p in plan_runs(cfg):
             print(f"{p.key}: N={p.n_params:,} steps={p.steps} D={p.steps * cfg.batch_size * cfg.block_size:,}")
         return {}
     out = args.out or default_out("scaling", args.preset)
-    command = " ".join(["python -m companion.experiments.scaling_sweep", *argv])
     return run_sweep(cfg, out, command=command, device=args.device, resume=args.resume, verbose=not args.quiet)
 
 

@@ -1,10 +1,11 @@
-"""Positional information: sinusoidal encodings, learned position embeddings and rotary (RoPE).
+"""Positional information: sinusoidal encodings, learned position embeddings, rotary (RoPE) and ALiBi.
 
 Every function and module here RETURNS THE POSITIONAL TERM ONLY, never `x + encoding`: the caller
 adds it once, `h = tok_emb(idx) + pos_emb(T)`. (Functions that returned `x + PE` invite the bug of
 adding the encoding twice, `x = x + pe(x)`.) Rotary embeddings are different in kind: they are not
 added to anything but rotate the queries and keys, so `RotaryEmbedding.apply_rotary(x)` returns the
-rotated `x`.
+rotated `x`. ALiBi adds nothing to the vectors either: `alibi_bias` is a term added to the
+attention scores.
 """
 
 from __future__ import annotations
@@ -147,3 +148,18 @@ class RotaryEmbedding(nn.Module):
     def forward(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Rotate queries and keys (..., T, d_head) by the same positions."""
         return self.apply_rotary(q, positions), self.apply_rotary(k, positions)
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi's head-specific slopes m_h = 2^(-8h/n_heads), h = 1..n_heads (Press et al. 2022): (n_heads,)."""
+    if n_heads < 1:
+        raise ValueError(f"n_heads must be >= 1, got {n_heads}")
+    return 2.0 ** (-8.0 * torch.arange(1, n_heads + 1, dtype=torch.float32) / n_heads)
+
+
+def alibi_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
+    """Causal ALiBi bias (n_heads, T, T): -m_h (i - j) for keys j <= i, -inf for j > i."""
+    i = torch.arange(length, device=slopes.device)
+    distance = (i[:, None] - i[None, :]).to(slopes.dtype)  # (T, T): i - j
+    bias = -slopes[:, None, None] * distance  # (n_heads, T, T)
+    return bias.masked_fill(distance < 0, -math.inf)
