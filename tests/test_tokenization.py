@@ -14,6 +14,7 @@ from companion.text.tokenization import (
     Tokenizer,
     WordTokenizer,
     encode_texts,
+    load_tokenizer,
     pad_batch,
     word_tokenize,
 )
@@ -107,9 +108,12 @@ def test_word_tokenizer_build_encode_decode(tmp_path):
         WordTokenizer.load(tmp_path / "chars.json")
 
 
-def test_every_tokenizer_has_the_tokenizer_interface():
-    for tok in (CharTokenizer("ab"), WordTokenizer(["a"]), BPETokenizer()):
+def test_every_tokenizer_has_the_tokenizer_interface(tmp_path):
+    for i, tok in enumerate((CharTokenizer("ab"), WordTokenizer(["a"]), BPETokenizer(special_tokens=["<s>"]))):
         assert isinstance(tok, Tokenizer)
+        tok.save(tmp_path / f"{i}.json")
+        loaded = load_tokenizer(tmp_path / f"{i}.json")
+        assert type(loaded) is type(tok) and loaded.vocab_size == tok.vocab_size
 
 
 def test_pad_batch():

@@ -31,6 +31,7 @@ __all__ = [
     "WordTokenizer",
     "bytes_to_unicode",
     "encode_texts",
+    "load_tokenizer",
     "pad_batch",
     "pretokenize",
     "rank_words",
@@ -239,6 +240,14 @@ class WordTokenizer:
 
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size})"
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Read a tokenizer file written by any tokenizer's `save`, whichever kind it is."""
+    kinds = {"companion-char": CharTokenizer, "companion-word": WordTokenizer}
+    data = read_json(path, "tokenizer file")
+    fmt = data.get("format") if isinstance(data, dict) else None
+    return kinds.get(fmt, BPETokenizer).load(path)  # BPETokenizer.load names a wrong format
 
 
 # ----------------------------------------------------------------------------- batches of id lists
