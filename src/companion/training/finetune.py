@@ -22,7 +22,7 @@ from companion.analysis.metrics import check_labels
 from companion.nn.classifier import SequenceClassifier
 from companion.text.tokenization import WordTokenizer, pad_batch
 from companion.training.optim import param_groups
-from companion.training.schedule import lr_at, set_lr
+from companion.training.schedule import lr_at
 
 __all__ = [
     "FinetuneConfig",
@@ -120,7 +120,9 @@ def fit(
             order, pos = torch.randperm(n_examples, generator=gen), 0
         idx = order[pos : pos + cfg.batch_size]
         pos += cfg.batch_size
-        set_lr(optimizer, lr_at(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps))
+        factor = lr_at(step, lr=1.0, warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps)  # the schedule, peak 1
+        for g in optimizer.param_groups:
+            g["lr"] = cfg.lr * g["lr_scale"] * factor  # each group's peak rate, scheduled
         loss = batch_loss(idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

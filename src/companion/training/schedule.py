@@ -3,16 +3,14 @@ r"""The learning-rate schedule every training loop of the book uses: linear warm
 $\eta_t = \eta_{max} (t+1)/W$ for $t < W$; then with $r = (t-W)/(D-W)$,
 $\eta_t = \eta_{min} + \tfrac12 (\eta_{max}-\eta_{min})(1+\cos \pi r)$; and $\eta_{min}$ from step $D$ on.
 It takes plain numbers, so `train` (from its `TrainConfig`) and fine-tuning (from its
-`FinetuneConfig`) call the same function, and `set_lr` applies it to an optimizer the same way.
+`FinetuneConfig`) call the same function.
 """
 
 from __future__ import annotations
 
 import math
 
-import torch
-
-__all__ = ["lr_at", "set_lr"]
+__all__ = ["lr_at"]
 
 
 def lr_at(step: int, *, lr: float, min_lr: float = 0.0, warmup_steps: int = 0, decay_steps: int) -> float:
@@ -30,8 +28,3 @@ def lr_at(step: int, *, lr: float, min_lr: float = 0.0, warmup_steps: int = 0, d
     ratio = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every parameter group's learning rate to lr times the group's ``lr_scale`` (default 1)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -32,7 +32,7 @@ from companion.training.checkpoint import load_checkpoint, read_meta, rng_state,
 from companion.training.history import History
 from companion.training.objectives import Objective, lm_loss, resolve_objective
 from companion.training.optim import OPTIMIZERS, make_optimizer, param_groups  # noqa: F401 (re-exported)
-from companion.training.schedule import lr_at, set_lr
+from companion.training.schedule import lr_at
 from companion.utils import get_device, set_seed
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
@@ -319,7 +319,8 @@ def train(
         while step < cfg.steps:
             t_step = time.perf_counter()
             lr = lr_at(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, decay_steps=decay_steps)
-            set_lr(optimizer, lr)  # Muon's matrices have lr_scale = muon_lr / lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's matrices: muon_lr / lr
             x, y = obj(sampler.next(), sampler.generator)  # (B, T) each: the global batch
             optimizer.zero_grad(set_to_none=True)
             loss_sum = None
