@@ -27,4 +27,3 @@ def lr_at(step: int, *, lr: float, min_lr: float = 0.0, warmup_steps: int = 0, d
         return min_lr
     ratio = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
-
