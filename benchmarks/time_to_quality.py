@@ -49,7 +49,8 @@ import torch
 from companion.nn import GPT, GPTConfig
 from companion.text.corpora import load_corpus
 from companion.text.tokenization import CharTokenizer
-from companion.training.trainer import History, TrainConfig, evaluate_full, train
+from companion.training.evaluation import evaluate_full
+from companion.training.trainer import History, TrainConfig, train
 from companion.utils import cpu_info, describe_cpu
 
 

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from companion.analysis import attention_cost, distillation, interpret, metrics, quantization
+from companion.analysis import attention_cost, baselines, distillation, interpret, metrics, quantization
 from companion.inference import decoding, generation
 from companion.interop import hf
 from companion.nn import (
@@ -24,6 +24,7 @@ from companion.nn import (
     EncoderDecoderConfig,
     GPTConfig,
     attention,
+    classifier,
     positional,
 )
 from companion.scaling import counting
@@ -93,7 +94,7 @@ CASES = {
     "BPETokenizer.train vocab below 256": lambda: bpe.BPETokenizer.train("abc", 100),
     "BPETokenizer decode id out of range": lambda: bpe_tok().decode([10**6]),
     "BPETokenizer load missing file": lambda: bpe.BPETokenizer.load("/nonexistent/tok.json"),
-    "encode_texts max_len = 0": lambda: finetune.encode_texts(finetune.WordVocab(["a"]), ["a"], 0),
+    "encode_texts max_len = 0": lambda: tokenization.encode_texts(tokenization.WordTokenizer(["a"]), ["a"], 0),
     # batching
     "get_batch data shorter than block": lambda: batching.get_batch(torch.arange(5), 2, 8),
     "get_batch zero batch": lambda: batching.get_batch(torch.arange(50), 0, 8),
@@ -212,15 +213,15 @@ CASES = {
     ),
     "gpt_to_hf eos id out of range": lambda: hf.gpt_to_hf(tiny_gpt(), eos_token_id=10),
     # fine-tuning and baselines
-    "SequenceClassifier one class": lambda: finetune.SequenceClassifier(tiny_gpt(), 1),
-    "SequenceClassifier unknown pooling": lambda: finetune.SequenceClassifier(tiny_gpt(), 2, pooling="median"),
-    "pad_batch empty": lambda: finetune.pad_batch([]),
+    "SequenceClassifier one class": lambda: classifier.SequenceClassifier(tiny_gpt(), 1),
+    "SequenceClassifier unknown pooling": lambda: classifier.SequenceClassifier(tiny_gpt(), 2, pooling="median"),
+    "pad_batch empty": lambda: tokenization.pad_batch([]),
     "FinetuneConfig steps = 0": lambda: finetune.FinetuneConfig(steps=0),
     "fit_classifier labels length mismatch": lambda: finetune.fit_classifier(
-        finetune.SequenceClassifier(tiny_gpt(), 2), [[1, 2]], [0, 1], finetune.FinetuneConfig(steps=1)
+        classifier.SequenceClassifier(tiny_gpt(), 2), [[1, 2]], [0, 1], finetune.FinetuneConfig(steps=1)
     ),
     "fit_bag_of_words label out of range": lambda: finetune_bow_bad_label(),
-    "fit_linear_probe features/labels mismatch": lambda: interpret.fit_linear_probe(torch.zeros(3, 2), T([0, 1])),
+    "fit_linear_probe features/labels mismatch": lambda: baselines.fit_linear_probe(torch.zeros(3, 2), T([0, 1])),
     "word2vec no sentences": lambda: embeddings.train_word2vec([]),
     "Word2VecConfig window = 0": lambda: embeddings.Word2VecConfig(window=0),
     "WordVectors unknown word": lambda: embeddings.WordVectors(["a", "b"], torch.eye(2)).nearest_neighbours("zzz"),

@@ -9,11 +9,11 @@ from collections import Counter
 import pytest
 import torch
 
+from companion.text.tokenization import rank_words
 from companion.text.word_vectors import (
     SkipGram,
     Word2VecConfig,
     WordVectors,
-    build_vocab,
     skipgram_pairs,
     train_word2vec,
 )
@@ -96,10 +96,10 @@ def test_unknown_words_and_bad_arguments(planted_vectors):
         train_word2vec([["a", "a", "b"]], Word2VecConfig(min_count=2))
 
 
-def test_build_vocab_orders_by_count_then_alphabet():
-    words, counts = build_vocab([["b", "a", "c", "a"], ["c", "d", "a"]], min_count=1, max_vocab=3)
+def test_rank_words_orders_by_count_then_alphabet():
+    words, counts = rank_words([["b", "a", "c", "a"], ["c", "d", "a"]], min_count=1, max_size=3)
     assert words == ["a", "c", "b"] and counts == [3, 2, 1]
-    assert build_vocab([["x", "y", "y"]], min_count=2) == (["y"], [2])
+    assert rank_words([["x", "y", "y"]], min_count=2) == (["y"], [2])
 
 
 def test_skipgram_pairs_match_a_brute_force_loop():

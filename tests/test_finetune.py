@@ -1,4 +1,4 @@
-"""Tests for companion.training.finetune (vocabulary, classification head, freezing, training loop),
+"""Tests for companion.training.finetune and companion.nn.classifier (classification head, freezing, training loop),
 companion.analysis.metrics and companion.analysis.baselines (bag-of-words and linear-probe logistic regression,
 checked against scipy's optimiser on the same objective)."""
 
@@ -21,20 +21,17 @@ from companion.analysis.metrics import (
     mean_std,
 )
 from companion.nn import GPT, GPTConfig
+from companion.nn.classifier import SequenceClassifier
+from companion.scaling.counting import count_parameters
+from companion.text.tokenization import WordTokenizer, pad_batch
 from companion.training.finetune import (
     FinetuneConfig,
-    SequenceClassifier,
-    WordVocab,
-    count_parameters,
-    encode_texts,
     fit,
     fit_classifier,
     freeze,
-    pad_batch,
     pooled_features,
     predict_logits,
     set_dropout,
-    simple_tokenize,
 )
 
 # ----------------------------------------------------------------------------- metrics
@@ -85,33 +82,6 @@ def test_mean_std_is_the_sample_standard_deviation():
     assert mean_std([0.5]) == (0.5, 0.0)
     with pytest.raises(ValueError):
         mean_std([])
-
-
-# ----------------------------------------------------------------------------- vocabulary
-
-
-def test_simple_tokenize():
-    assert simple_tokenize("It's GREAT, isn't it?!") == ["it's", "great", ",", "isn't", "it", "?", "!"]
-    assert simple_tokenize("a hidden-agenda drama .") == ["a", "hidden", "-", "agenda", "drama", "."]
-
-
-def test_word_vocab_build_encode_decode():
-    v = WordVocab.build(["b a a", "c b a"], max_size=5)
-    assert v.itos == ["[PAD]", "[UNK]", "[SEP]", "a", "b"]  # by count, ties alphabetically
-    assert v.encode("a c b") == [2, 3, 1, 4]
-    assert v.encode("a c b", max_len=2, sep=False) == [3, 1]
-    assert v.decode(v.encode("b a")) == "[SEP] b a"
-    assert v.encode_corpus("a b\n\nb\n\n\n\n") == [2, 3, 4, 2, 4]
-    assert WordVocab.build("b a a").itos[3] == "a"  # a single string is one text, not characters
-    with pytest.raises(ValueError, match="empty"):
-        encode_texts(v, [], 8)
-
-
-def test_pad_batch():
-    ids, mask = pad_batch([[5, 6, 7], [8]])
-    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
-    with pytest.raises(ValueError):
-        pad_batch([])
 
 
 # ----------------------------------------------------------------------------- the classifier
@@ -325,16 +295,16 @@ def test_bag_of_words_equals_scipy_logistic_regression_on_binary_features():
         "not fun",
     ]
     labels = [1, 1, 0, 0, 1, 0, 1, 0]
-    vocab = WordVocab.build(texts)
+    vocab = WordTokenizer.build(texts)
     seqs = [vocab.encode(t, sep=False) for t in texts]
-    bow = fit_bag_of_words(seqs, labels, len(vocab) + 3, l2=0.1)  # 3 extra ids never seen
-    x = np.zeros((len(texts), len(vocab) + 3))
+    bow = fit_bag_of_words(seqs, labels, vocab.vocab_size + 3, l2=0.1)  # 3 extra ids never seen
+    x = np.zeros((len(texts), vocab.vocab_size + 3))
     for i, s in enumerate(seqs):
         x[i, sorted(set(s))] = 1.0  # presence, not counts ("great great" counts once)
     w, b = _scipy_logreg(x, np.array(labels), 2, 0.1)
     assert np.allclose(bow.weight.weight.detach().numpy().T, w, atol=1e-4)
     assert np.allclose(bow.bias.detach().numpy(), b, atol=1e-4)
-    assert bow.weight.weight[len(vocab) :].abs().max() == 0  # unseen words keep weight 0
+    assert bow.weight.weight[vocab.vocab_size :].abs().max() == 0  # unseen words keep weight 0
     assert bow([vocab.encode("great fun", sep=False)]).argmax(1).item() == 1
 
 
@@ -375,22 +345,6 @@ def test_baselines_reject_bad_labels_and_empty_data():
         fit_linear_probe(torch.zeros(3, 2), [0, 1])
     with pytest.raises(ValueError, match="outside the classes"):
         fit_linear_probe(torch.zeros(2, 2), [0, 5])
-
-
-def test_word_vocab_as_a_hugging_face_tokenizer_gives_the_same_ids():
-    pytest.importorskip("transformers")
-    from companion.text.corpora import load_corpus, load_sentiment
-
-    sentences = [t for t, _ in load_sentiment("rotten_tomatoes").test[:300]]
-    reviews = load_corpus("reviews")[:20_000].split("\n\n")  # mixed case, HTML-free, some non-ASCII
-    vocab = WordVocab.build(sentences[:150] + reviews[:5], max_size=2000)
-    tok = vocab.to_hf()
-    for text in sentences + reviews + ["Café déjà-vu: it's GREAT!!", "l'amour d'été"]:
-        assert tok(text)["input_ids"] == vocab.encode(text), text
-    assert (
-        tok.decode(vocab.encode("it's a great film , isn't it ?"), skip_special_tokens=True)
-        == "it's a great film, isn't it?"
-    )
 
 
 def test_labels_that_are_not_numbers_raise_a_clear_error():

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from companion.analysis.baselines import fit_linear_probe
 from companion.analysis.interpret import (
     continuation_match,
-    fit_linear_probe,
     induction_scores,
     logit_lens,
     previous_token_scores,
@@ -16,6 +16,7 @@ from companion.analysis.interpret import (
     weat_effect_size,
     weat_permutation_test,
 )
+from companion.analysis.metrics import accuracy
 from companion.nn import GPT, Encoder, EncoderConfig, GPTConfig
 
 
@@ -99,11 +100,11 @@ def test_linear_probe_learns_separable_and_not_random():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(400, 10, generator=g)
     y = (x[:, 3] + 0.5 * x[:, 7] > 0).long()
-    probe = fit_linear_probe(x[:300], y[:300])
-    assert probe.accuracy(x[300:], y[300:]) > 0.93
+    probe = fit_linear_probe(x[:300], y[:300], l2=1e-3)
+    assert accuracy(probe(x[300:]).argmax(-1), y[300:]) > 0.93
     y_rand = torch.randint(0, 2, (400,), generator=g)
-    assert fit_linear_probe(x[:300], y_rand[:300]).accuracy(x[300:], y_rand[300:]) < 0.65
-    with pytest.raises(ValueError, match="labels"):
+    assert accuracy(fit_linear_probe(x[:300], y_rand[:300], l2=1e-3)(x[300:]).argmax(-1), y_rand[300:]) < 0.65
+    with pytest.raises(ValueError, match="n_classes"):
         fit_linear_probe(x, y, n_classes=1)
 
 

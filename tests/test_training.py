@@ -14,8 +14,10 @@ from torch import nn
 
 from companion.training.batching import BlockSampler, get_batch
 from companion.training.checkpoint import META_FILE, MODEL_FILE, STATE_FILE, load_checkpoint
+from companion.training.evaluation import evaluate
 from companion.training.objectives import MaskedLM
-from companion.training.trainer import History, TrainConfig, evaluate, lr_at, param_groups, train
+from companion.training.schedule import lr_at
+from companion.training.trainer import History, TrainConfig, param_groups, train
 
 
 @dataclass
@@ -96,18 +98,32 @@ def cfg(**kw) -> TrainConfig:
 
 
 def test_lr_schedule_warmup_then_cosine():
-    c = TrainConfig(steps=110, lr=1.0, min_lr=0.1, warmup_steps=10)
-    assert lr_at(0, c) == pytest.approx(0.1)
-    assert lr_at(4, c) == pytest.approx(0.5)
-    assert lr_at(9, c) == pytest.approx(1.0)  # end of warm-up: the peak
-    assert lr_at(10, c) == pytest.approx(1.0)  # cosine starts at the peak
-    assert lr_at(60, c) == pytest.approx(0.55)  # half-way: (lr + min_lr) / 2
-    assert lr_at(110, c) == pytest.approx(0.1)
-    assert lr_at(500, c) == pytest.approx(0.1)
-    decay = [lr_at(s, c) for s in range(10, 111)]
+    c = dict(lr=1.0, min_lr=0.1, warmup_steps=10, decay_steps=110)
+    assert lr_at(0, **c) == pytest.approx(0.1)
+    assert lr_at(4, **c) == pytest.approx(0.5)
+    assert lr_at(9, **c) == pytest.approx(1.0)  # end of warm-up: the peak
+    assert lr_at(10, **c) == pytest.approx(1.0)  # cosine starts at the peak
+    assert lr_at(60, **c) == pytest.approx(0.55)  # half-way: (lr + min_lr) / 2
+    assert lr_at(110, **c) == pytest.approx(0.1)
+    assert lr_at(500, **c) == pytest.approx(0.1)
+    decay = [lr_at(s, **c) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(decay, decay[1:]))
-    c2 = TrainConfig(steps=110, lr=1.0, min_lr=0.0, warmup_steps=10, decay_steps=60)
-    assert lr_at(35, c2) == pytest.approx(0.5) and lr_at(60, c2) == 0.0
+    assert lr_at(35, lr=1.0, warmup_steps=10, decay_steps=60) == pytest.approx(0.5)
+    assert lr_at(60, lr=1.0, warmup_steps=10, decay_steps=60) == 0.0
+    with pytest.raises(ValueError, match="min_lr"):
+        lr_at(0, lr=1.0, min_lr=2.0, decay_steps=10)
+
+
+def test_train_follows_the_schedule_of_its_config():
+    from companion.nn import GPT, GPTConfig
+
+    cfg = TrainConfig(steps=6, batch_size=2, block_size=4, lr=1e-2, min_lr=1e-3, warmup_steps=2, decay_steps=4)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layers=1, n_heads=1, d_model=8))
+    data = torch.arange(200) % 11
+    history = train(model, data, None, cfg, progress=False)
+    expected = [lr_at(s, lr=1e-2, min_lr=1e-3, warmup_steps=2, decay_steps=4) for s in range(6)]
+    assert history.lr == pytest.approx(expected)
 
 
 def test_param_groups_exclude_bias_norm_embedding_and_count_tied_once():

@@ -7,10 +7,9 @@ companion sample --ckpt runs/shakespeare-char --prompt "ROMEO:" --max-new-tokens
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 TOKENIZER_FILE = "tokenizer.json"
 HISTORY_FILE = "history.json"
@@ -177,16 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_tokenizer(path: str | Path) -> Any:
-    """Read a CharTokenizer or BPETokenizer JSON file, whichever it is."""
-    from companion.text.tokenization import BPETokenizer, CharTokenizer
-
-    fmt = json.loads(Path(path).read_text(encoding="utf-8")).get("format")
-    if fmt == "companion-char":
-        return CharTokenizer.load(path)
-    return BPETokenizer.load(path)
-
-
 def _read_text(args: argparse.Namespace) -> str:
     from companion.text.corpora import load_corpus
 
@@ -224,7 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from companion.nn import GPT, GPTConfig
-    from companion.text.tokenization import BPETokenizer, CharTokenizer
+    from companion.text.tokenization import BPETokenizer, CharTokenizer, load_tokenizer
     from companion.training.checkpoint import read_meta
     from companion.training.trainer import TrainConfig, train
 
@@ -317,6 +306,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     """`companion sample`: load tokenizer + checkpoint and print continuations of the prompt."""
     from companion.inference.generation import generate
+    from companion.text.tokenization import load_tokenizer
     from companion.training.checkpoint import load_pretrained
     from companion.utils import get_device
 

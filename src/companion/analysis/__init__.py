@@ -1,7 +1,7 @@
 """Measuring and looking inside models (chapters 3, 8-9).
 
 * `metrics`        bits per character/byte, accuracy, F1, mean and standard error
-* `baselines`      bag-of-words logistic regression and the linear probe
+* `baselines`      bag-of-words logistic regression and the linear probe (L-BFGS)
 * `interpret`      attention patterns, the logit lens, association tests, memorisation
 * `quantization`   int8 quantisers of tensors, dynamic int8 quantisation of a model
 * `memory`         bytes of a model's weights and of its KV cache

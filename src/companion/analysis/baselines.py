@@ -5,7 +5,11 @@ minimising the convex objective
 
 $$J(W, b) = -\frac1N \sum_{i=1}^N \log p(y_i \mid x_i) + \frac{\lambda}{2} \lVert W \rVert_F^2$$
 
-with full-batch L-BFGS, so the result is the unique optimum (no learning rate, no seed).
+with full-batch L-BFGS, so the result is the unique optimum (no learning rate, no seed). This is
+why these convex linear models are not fitted with the SGD loop of `companion.training.trainer`:
+the whole data set fits in one batch, the objective is convex, and a quasi-Newton method reaches
+its exact optimum deterministically, with no schedule to tune. The same `fit_linear_probe` probes
+the hidden states of a Transformer layer by layer (Chapter 9).
 For bag-of-words, $x \in \{0, 1\}^{|V|}$ says which words occur in the text; $W x$ is a sum of
 one weight column per distinct word, computed with ``nn.EmbeddingBag``. A word that never occurs
 in the training texts gets zero gradient from the data term, so the L2 term keeps its weight at 0.
@@ -110,7 +114,7 @@ def fit_bag_of_words(
     l2: float = 1e-3,
     max_iter: int = 200,
 ) -> BagOfWords:
-    """Fit bag-of-words logistic regression on id lists (e.g. from `WordVocab.encode`)."""
+    """Fit bag-of-words logistic regression on id lists (e.g. from `WordTokenizer.encode`)."""
     y = check_labels(labels, n_classes)
     if len(seqs) != len(y):
         raise ValueError(f"{len(seqs)} texts but {len(y)} labels")

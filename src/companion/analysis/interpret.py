@@ -1,5 +1,8 @@
-r"""Looking inside a trained Transformer: attention patterns, the logit lens, linear probes,
-a WEAT-style association test on embeddings, and memorisation of training text.
+r"""Looking inside a trained Transformer: attention patterns, the logit lens, a WEAT-style
+association test on embeddings, and memorisation of training text.
+
+Linear probes on hidden states are `companion.analysis.baselines.fit_linear_probe`: the same
+logistic regression as the sentence-vector baseline of Chapter 8.
 
 `trace(model, idx)` runs a GPT (or an Encoder) once and keeps what flows through it: the residual
 stream before the first block and after every block, and every head's attention weights.
@@ -17,10 +20,8 @@ from torch import Tensor
 from companion.inference.generation import generate
 
 __all__ = [
-    "LinearProbe",
     "Trace",
     "continuation_match",
-    "fit_linear_probe",
     "induction_scores",
     "logit_lens",
     "previous_token_scores",
@@ -144,56 +145,6 @@ def logit_lens(model: nn.Module, residuals: Tensor, targets: Tensor) -> Tensor:
     V = logits.shape[-1]
     flat_targets = targets.reshape(-1)
     return torch.stack([F.cross_entropy(lg.reshape(-1, V), flat_targets) for lg in logits])
-
-
-# --------------------------------------------------------------------------- probes
-
-
-class LinearProbe(nn.Module):
-    """Logistic regression on standardised features: softmax(W (x - mean) / std + b)."""
-
-    def __init__(self, mean: Tensor, std: Tensor, n_classes: int):
-        super().__init__()
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-        self.linear = nn.Linear(mean.numel(), n_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(N, d) features -> (N, n_classes) logits."""
-        return self.linear((x - self.mean) / self.std)
-
-    @torch.no_grad()
-    def accuracy(self, x: Tensor, y: Tensor) -> float:
-        """Fraction of rows whose arg-max class equals y."""
-        return (self(x).argmax(dim=-1) == y).float().mean().item()
-
-
-def fit_linear_probe(
-    x: Tensor, y: Tensor, n_classes: int | None = None, weight_decay: float = 1e-3, max_iter: int = 100
-) -> LinearProbe:
-    r"""Fit a multinomial logistic regression by L-BFGS: min mean CE + weight_decay * ||W||^2 / 2.
-
-    x (N, d) float features, y (N,) integer labels in [0, n_classes).
-    """
-    if x.dim() != 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"need x (N, d) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
-    if x.shape[0] < 2:
-        raise ValueError("need at least two examples to fit a probe")
-    n_classes = int(y.max()) + 1 if n_classes is None else n_classes
-    if int(y.min()) < 0 or int(y.max()) >= n_classes:
-        raise ValueError(f"labels must lie in [0, {n_classes}), got [{int(y.min())}, {int(y.max())}]")
-    x = x.detach().float()
-    probe = LinearProbe(x.mean(dim=0), x.std(dim=0).clamp(min=1e-6), n_classes)
-    opt = torch.optim.LBFGS(probe.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(probe(x), y) + 0.5 * weight_decay * probe.linear.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return probe.eval()
 
 
 # --------------------------------------------------------------------------- WEAT

@@ -37,18 +37,10 @@ from companion.analysis.metrics import accuracy, macro_f1, mean_std
 from companion.experiments import default_out, experiment_parser, machine, parse_args, utc_now, write_json
 from companion.experiments.pretraining_report import results_table
 from companion.nn import GPT, GPTConfig
+from companion.nn.classifier import SequenceClassifier
 from companion.text.corpora import load_corpus, load_sentiment
-from companion.training.finetune import (
-    FinetuneConfig,
-    SequenceClassifier,
-    WordVocab,
-    encode_texts,
-    fit_classifier,
-    pooled_features,
-    predict_logits,
-    set_dropout,
-    simple_tokenize,
-)
+from companion.text.tokenization import WordTokenizer, encode_texts, word_tokenize
+from companion.training.finetune import FinetuneConfig, fit_classifier, pooled_features, predict_logits, set_dropout
 from companion.training.trainer import TrainConfig, train
 from companion.utils import set_seed
 
@@ -178,19 +170,19 @@ def labelled_subset(n_train: int, labels: list[int], n: int, seed: int) -> list[
     return sorted(int(i) for i in np.concatenate(picked))
 
 
-def pretrain(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> tuple[GPT, WordVocab, dict[str, Any]]:
+def pretrain(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> tuple[GPT, WordTokenizer, dict[str, Any]]:
     """Build the word vocabulary on the review corpus and pre-train the GPT with the causal-LM objective."""
     text = load_corpus("reviews")
     if cfg.corpus_chars is not None:
         text = text[: cfg.corpus_chars]
     t0 = time.perf_counter()
-    vocab = WordVocab.build(text.split("\n\n"), max_size=cfg.vocab_size)
+    vocab = WordTokenizer.build(text.split("\n\n"), max_size=cfg.vocab_size)
     ids = torch.tensor(vocab.encode_corpus(text), dtype=torch.long)
     n_val = max(len(ids) // 50, cfg.max_len * 4)  # 2% of the stream, for the validation loss
     train_ids, val_ids = ids[n_val:], ids[:n_val]
-    log(f"vocabulary {len(vocab)} words; corpus {len(ids):,} tokens ({time.perf_counter() - t0:.1f} s)")
+    log(f"vocabulary {vocab.vocab_size} words; corpus {len(ids):,} tokens ({time.perf_counter() - t0:.1f} s)")
     set_seed(0)
-    model = GPT(cfg.model_config(len(vocab)))
+    model = GPT(cfg.model_config(vocab.vocab_size))
     tcfg = TrainConfig(
         steps=cfg.pretrain_steps,
         batch_size=cfg.pretrain_batch_size,
@@ -232,9 +224,9 @@ def _run_seed(cfg: ExperimentConfig, method: str, n_idx: list[int], seed: int, c
     """Train one method on the labelled indices n_idx; return its test predictions."""
     tr_texts, y = ctx["train_texts"], [ctx["train_labels"][i] for i in n_idx]
     if method == "bow":
-        vocab = WordVocab.build([tr_texts[i] for i in n_idx])
+        vocab = WordTokenizer.build([tr_texts[i] for i in n_idx])
         model = fit_bag_of_words(
-            encode_texts(vocab, [tr_texts[i] for i in n_idx], cfg.max_len), y, len(vocab), l2=cfg.bow_l2
+            encode_texts(vocab, [tr_texts[i] for i in n_idx], cfg.max_len), y, vocab.vocab_size, l2=cfg.bow_l2
         )
         with torch.no_grad():
             return model(encode_texts(vocab, ctx["test_texts"], cfg.max_len)).argmax(1).tolist()
@@ -246,7 +238,7 @@ def _run_seed(cfg: ExperimentConfig, method: str, n_idx: list[int], seed: int, c
     # gradient fine-tuning: from scratch or from the pre-trained weights
     set_seed(seed)
     if method == "scratch":
-        base, lr = GPT(cfg.model_config(len(ctx["vocab"]))), cfg.lr_scratch
+        base, lr = GPT(cfg.model_config(ctx["vocab"].vocab_size)), cfg.lr_scratch
     else:
         base, lr = ctx["gpt"], cfg.lr_full
     clf = set_dropout(SequenceClassifier(base, 2, pooling=cfg.pooling), cfg.dropout)  # body too
@@ -259,13 +251,13 @@ def _run_seed(cfg: ExperimentConfig, method: str, n_idx: list[int], seed: int, c
 
 
 def _oov_rates(
-    train_texts: list[str], subsets: dict[int, list[int]], test_texts: list[str], vocab: WordVocab
+    train_texts: list[str], subsets: dict[int, list[int]], test_texts: list[str], vocab: WordTokenizer
 ) -> dict[str, float]:
     """Fraction of test word tokens never seen in the labelled sentences, and outside the LM vocabulary."""
-    test_words = [w for t in test_texts for w in simple_tokenize(t)]
+    test_words = [w for t in test_texts for w in word_tokenize(t)]
     out = {}
     for n, idx in subsets.items():
-        seen = {w for i in idx for w in simple_tokenize(train_texts[i])}
+        seen = {w for i in idx for w in word_tokenize(train_texts[i])}
         out[str(n)] = round(sum(w not in seen for w in test_words) / len(test_words), 4)
     out["pretraining_vocabulary"] = round(sum(w not in vocab.stoi for w in test_words) / len(test_words), 4)
     return out
@@ -275,7 +267,7 @@ def run_experiment(
     cfg: ExperimentConfig,
     log: Callable[[str], None] = print,
     command: str = "",
-    pretrained: tuple[GPT, WordVocab, dict[str, Any]] | None = None,
+    pretrained: tuple[GPT, WordTokenizer, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run every method, label count and seed; return the JSON-friendly result.
 

@@ -31,7 +31,8 @@ from companion.nn import GPT, GPTConfig
 from companion.scaling.counting import forward_flops_per_token, gpt_parameters
 from companion.text.bpe import BPETokenizer
 from companion.text.corpora import load_corpus
-from companion.training.trainer import TrainConfig, evaluate, train
+from companion.training.evaluation import evaluate
+from companion.training.trainer import TrainConfig, train
 from companion.utils import set_seed
 
 DEFAULT_OUT = committed("scaling_sweep")  # the full sweep the chapter reads (written only with --out)

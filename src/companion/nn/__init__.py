@@ -6,11 +6,13 @@
 * `gpt`        the decoder-only GPT
 * `encoder`    a BERT-style bidirectional encoder, with masked-LM and classification heads
 * `seq2seq`    the encoder-decoder
+* `classifier` a pre-trained GPT body with a classification head (for fine-tuning)
 
 The models are imported here, so ``from companion.nn import GPT, GPTConfig`` works.
 """
 
 from companion.nn.blocks import FeedForward, TransformerBlock
+from companion.nn.classifier import SequenceClassifier
 from companion.nn.encoder import (
     ClassifierOutput,
     Encoder,
@@ -37,6 +39,7 @@ __all__ = [
     "GPTOutput",
     "MaskedLMOutput",
     "Seq2SeqOutput",
+    "SequenceClassifier",
     "TransformerBlock",
     "init_gpt_weights",
     "mean_pool",

@@ -1,7 +1,7 @@
 """From raw text to token ids (chapters 1-2): corpora, tokenizers, n-gram models and word vectors.
 
 * `corpora`      the offline corpora and labelled review data sets (nothing downloads)
-* `tokenization` the character tokenizer and the word splitter, and the tokenizer files
+* `tokenization` the `Tokenizer` interface, the character and word tokenizers, padding a batch
 * `bpe`          byte-level byte-pair encoding, GPT-2 style, from scratch
 * `ngram`        count-based n-gram language models: add-k and interpolated Kneser-Ney
 * `word_vectors` skip-gram word vectors with negative sampling

@@ -19,6 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from companion.text.tokenization import pad_batch
+
 MONTHS = (
     "January",
     "February",
@@ -201,23 +203,16 @@ class Seq2SeqBatch(NamedTuple):
     tgt_mask: torch.Tensor  # (B, T) 1 = real position
 
 
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
-
-
 def make_batch(pairs: Sequence[tuple[str, str]], src_vocab: CharVocab, tgt_vocab: CharVocab) -> Seq2SeqBatch:
     """Encode and right-pad (source, target) pairs into a `Seq2SeqBatch`."""
     if len(pairs) == 0:
         raise ValueError("make_batch got no pairs: the batch would be empty")
     src = [src_vocab.encode(s) for s, _ in pairs]
     tgt = [tgt_vocab.encode(t) for _, t in pairs]
-    src_ids = _pad(src, src_vocab.pad_id)  # (B, S)
-    tgt_in = _pad([[tgt_vocab.bos_id] + t for t in tgt], tgt_vocab.pad_id)  # (B, T)
-    tgt_out = _pad([t + [tgt_vocab.eos_id] for t in tgt], IGNORE_INDEX)  # (B, T)
-    return Seq2SeqBatch(
-        src_ids, (src_ids != src_vocab.pad_id).long(), tgt_in, tgt_out, (tgt_out != IGNORE_INDEX).long()
-    )
+    src_ids, src_mask = pad_batch(src, src_vocab.pad_id)  # (B, S) each
+    tgt_in, _ = pad_batch([[tgt_vocab.bos_id] + t for t in tgt], tgt_vocab.pad_id)  # (B, T)
+    tgt_out, tgt_mask = pad_batch([t + [tgt_vocab.eos_id] for t in tgt], IGNORE_INDEX)  # (B, T) each
+    return Seq2SeqBatch(src_ids, src_mask, tgt_in, tgt_out, tgt_mask)
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:

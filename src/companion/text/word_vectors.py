@@ -14,7 +14,6 @@ steps, and the frequent words collapse onto a shared direction (cosine similarit
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from companion.text.tokenization import rank_words
 
 
 @dataclass
@@ -54,17 +55,6 @@ class Word2VecConfig:
             raise ValueError(f"Word2VecConfig.lr must be > 0, got {self.lr}")
         if self.subsample_t is not None and not self.subsample_t > 0:
             raise ValueError(f"Word2VecConfig.subsample_t must be None or > 0, got {self.subsample_t}")
-
-
-def build_vocab(
-    sentences: Sequence[Sequence[str]], min_count: int = 1, max_vocab: int | None = None
-) -> tuple[list[str], list[int]]:
-    """Words by decreasing count (ties: alphabetical), and their counts."""
-    counts = Counter(w for s in sentences for w in s)
-    items = sorted(((w, c) for w, c in counts.items() if c >= min_count), key=lambda wc: (-wc[1], wc[0]))
-    if max_vocab is not None:
-        items = items[:max_vocab]
-    return [w for w, _ in items], [c for _, c in items]
 
 
 def skipgram_pairs(
@@ -175,7 +165,7 @@ def train_word2vec(
 def _train(sentences: Sequence[Sequence[str]], cfg: Word2VecConfig, verbose: bool) -> WordVectors:
     """The training loop of `train_word2vec`."""
     g = torch.Generator().manual_seed(cfg.seed)
-    words, counts = build_vocab(sentences, cfg.min_count, cfg.max_vocab)
+    words, counts = rank_words(sentences, cfg.min_count, cfg.max_vocab)
     if len(words) < 2:
         raise ValueError(f"only {len(words)} words occur at least min_count={cfg.min_count} times")
     index = {w: i for i, w in enumerate(words)}

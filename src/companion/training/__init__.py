@@ -1,11 +1,13 @@
 """Training (chapters 5-6, 8): the loop and everything it needs.
 
-* `trainer`     the one training loop: schedule, clipping, evaluation, checkpoints, resume
+* `trainer`     the one training loop: clipping, gradient accumulation, checkpoints, resume
+* `schedule`    the learning-rate schedule (warm-up, then cosine decay)
+* `evaluation`  validation loss on fixed batches or over a whole text
 * `batching`    random contiguous windows of a token stream, with a resumable data position
 * `objectives`  causal and masked language-modelling losses
 * `optim`       AdamW and Muon parameter groups
 * `checkpoint`  safetensors checkpoints written as one unit
 * `history`     what a run measured, step by step
 * `distributed` data parallelism under torchrun
-* `finetune`    classification fine-tuning of a pre-trained body
+* `finetune`    fine-tuning on labelled examples: freezing, dropout, the supervised loop
 """

@@ -32,6 +32,7 @@ from companion.training.checkpoint import load_checkpoint, read_meta, rng_state,
 from companion.training.history import History
 from companion.training.objectives import Objective, lm_loss, resolve_objective
 from companion.training.optim import OPTIMIZERS, make_optimizer, param_groups  # noqa: F401 (re-exported)
+from companion.training.schedule import lr_at
 from companion.utils import get_device, set_seed
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
@@ -104,21 +105,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    r"""Learning rate at `step` (0-based): linear warm-up to `lr`, then cosine decay to `min_lr`.
-
-    $\eta_t = \eta_{max} (t+1)/W$ for $t < W$; then with $r = (t-W)/(S-W)$,
-    $\eta_t = \eta_{min} + \tfrac12 (\eta_{max}-\eta_{min})(1+\cos \pi r)$; $\eta_{min}$ after $S$.
-    """
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    end = cfg.decay_steps if cfg.decay_steps is not None else cfg.steps
-    if step >= end:
-        return cfg.min_lr
-    ratio = (step - cfg.warmup_steps) / max(1, end - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside torch.compile's and DistributedDataParallel's wrappers."""
     while True:
@@ -175,65 +161,6 @@ def check_fits(model: nn.Module, data: torch.Tensor, name: str, tokenizer: Any =
         raise ValueError(
             f"{name} holds token id {int(data.max())} but the model's vocab_size is {vocab}: ids must be < vocab_size"
         )
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: torch.Tensor,
-    cfg: TrainConfig,
-    objective: Objective | str = "clm",
-    device: torch.device | None = None,
-) -> float:
-    """Mean loss over `cfg.eval_steps` batches drawn with a fixed seed (same batches every call)."""
-    obj = resolve_objective(objective, model)
-    device = device or next(model.parameters()).device
-    sampler = BlockSampler(
-        data,
-        cfg.eval_batch_size or cfg.batch_size,
-        obj.window_length(cfg.block_size),
-        seed=cfg.seed + 1,
-        name="val data",
-    )
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    for _ in range(cfg.eval_steps):
-        x, y = obj(sampler.next(), sampler.generator)
-        with precision_context(device, cfg):
-            total += model_loss(model, x.to(device), y.to(device)).item()
-    model.train(was_training)
-    return total / cfg.eval_steps
-
-
-@torch.no_grad()
-def evaluate_full(
-    model: nn.Module, data: Any, block_size: int, batch_size: int = 64, cfg: TrainConfig | None = None
-) -> float:
-    """Next-token loss over ALL of `data`, cut into non-overlapping windows (no sampling noise).
-
-    Every token after the first of each window is predicted once, from the tokens before it in
-    its window; the mean is over all predicted tokens.
-    """
-    data = as_token_tensor(data, "data")
-    n_windows = (len(data) - 1) // block_size
-    if n_windows < 1:
-        raise ValueError(f"data has {len(data)} tokens, fewer than block_size+1 = {block_size + 1}")
-    device = next(model.parameters()).device
-    cfg = cfg or TrainConfig(dtype="fp32")
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, n_windows, batch_size):
-        rows = torch.arange(start, min(start + batch_size, n_windows)) * block_size
-        idx = rows[:, None] + torch.arange(block_size + 1)[None, :]  # (b, T+1)
-        window = data[idx].to(device)
-        with precision_context(device, cfg):
-            loss = model_loss(model, window[:, :-1], window[:, 1:])
-        total += loss.item() * rows.numel() * block_size
-        count += rows.numel() * block_size
-    model.train(was_training)
-    return total / count
 
 
 def precision_context(device: torch.device, cfg: TrainConfig) -> contextlib.ExitStack:
@@ -313,6 +240,7 @@ def train(
     obj.check_vocab(_vocab_size(model) or 2**62)
 
     from companion.training.distributed import micro_batches, process_group, wrap_ddp
+    from companion.training.evaluation import evaluate
 
     rank, world_size = process_group()
     n_micro = world_size * cfg.grad_accum_steps
@@ -381,6 +309,7 @@ def train(
             )
 
     tokens = cfg.batch_size * cfg.block_size
+    decay_steps = cfg.decay_steps if cfg.decay_steps is not None else cfg.steps
     bar = _progress(cfg.steps, start, progress and rank == 0)
     step, updating = start, False
     snap = (sampler.state_dict(), rng_state())  # state after `step` completed steps
@@ -389,7 +318,7 @@ def train(
             run_eval(0)
         while step < cfg.steps:
             t_step = time.perf_counter()
-            lr = lr_at(step, cfg)
+            lr = lr_at(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, decay_steps=decay_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's matrices: muon_lr / lr
             x, y = obj(sampler.next(), sampler.generator)  # (B, T) each: the global batch
