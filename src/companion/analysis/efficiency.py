@@ -26,6 +26,7 @@ from torch import Tensor
 
 from companion.inference.generation import kv_cache_bytes
 from companion.nn.attention import causal_mask, scaled_dot_product_attention
+from companion.nn.output import ModelOutput
 
 __all__ = [
     "ATTENTION_PATHS",
@@ -449,14 +450,15 @@ class DistillationModel(nn.Module):
         self.training = mode
         return self
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None):
-        """idx (B, T) -> (student logits (B, T, V), distillation loss or None)."""
-        logits = self.student(idx).logits  # (B, T, V)
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> ModelOutput:
+        """idx (B, T) -> the student's ModelOutput, its loss the distillation loss (None without targets)."""
+        out = self.student(idx)  # logits (B, T, V)
         if targets is None:
-            return logits, None
+            return out._replace(loss=None)
         with torch.no_grad():
             teacher_logits = self.teacher(idx).logits  # (B, T, V)
-        return logits, distillation_loss(logits, teacher_logits, self.temperature, targets, self.alpha)
+        loss = distillation_loss(out.logits, teacher_logits, self.temperature, targets, self.alpha)
+        return out._replace(loss=loss)
 
 
 # --------------------------------------------------------------------------- energy
