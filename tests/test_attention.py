@@ -18,7 +18,6 @@ from companion.nn.attention import (
     scaled_dot_product_attention,
     split_heads,
 )
-
 from companion.nn.kv_cache import LayerKVCache
 
 DT = torch.float64
