@@ -18,6 +18,7 @@ from companion.nn.attention import (
     scaled_dot_product_attention,
     split_heads,
 )
+from companion.nn.kv_cache import LayerKVCache
 
 DT = torch.float64
 TOL = dict(atol=1e-10, rtol=0.0)
@@ -321,19 +322,16 @@ def test_kv_cache_token_by_token_equals_full_causal_pass(use_sdpa):
     ours.use_sdpa = use_sdpa
     x = _x(T=7)
     full = ours(x, is_causal=True).out
-    past, outs = None, []
+    cache, outs = LayerKVCache(2, 4, 7, 4, dtype=DT), []
     for t in range(7):
-        res = ours(x[:, t : t + 1], is_causal=True, past_kv=past, use_cache=True)
-        past = res.kv
-        outs.append(res.out)
-    assert past[0].shape == (2, 4, 7, 4)
+        outs.append(ours(x[:, t : t + 1], is_causal=True, kv_cache=cache).out)
+    assert cache.length == 7 and cache.keys_values()[0].shape == (2, 4, 7, 4)
     torch.testing.assert_close(torch.cat(outs, dim=1), full, **TOL)
     # a prompt of 3 tokens, then the rest one at a time
-    res = ours(x[:, :3], is_causal=True, use_cache=True)
-    outs = [res.out]
+    cache = LayerKVCache(2, 4, 7, 4, dtype=DT)
+    outs = [ours(x[:, :3], is_causal=True, kv_cache=cache).out]
     for t in range(3, 7):
-        res = ours(x[:, t : t + 1], is_causal=True, past_kv=res.kv, use_cache=True)
-        outs.append(res.out)
+        outs.append(ours(x[:, t : t + 1], is_causal=True, kv_cache=cache).out)
     torch.testing.assert_close(torch.cat(outs, dim=1), full, **TOL)
 
 
@@ -342,8 +340,9 @@ def test_kv_cache_with_padding_mask_over_all_keys():
     x = _x(T=5)
     am = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 1]])
     full = ours(x, key_padding_mask=am, is_causal=True).out
-    res = ours(x[:, :4], key_padding_mask=am[:, :4], is_causal=True, use_cache=True)
-    last = ours(x[:, 4:], key_padding_mask=am, is_causal=True, past_kv=res.kv).out
+    cache = LayerKVCache(2, 4, 5, 4, dtype=DT)
+    ours(x[:, :4], key_padding_mask=am[:, :4], is_causal=True, kv_cache=cache)
+    last = ours(x[:, 4:], key_padding_mask=am, is_causal=True, kv_cache=cache).out
     torch.testing.assert_close(last, full[:, 4:], **TOL)
 
 
@@ -376,8 +375,10 @@ def test_mha_constructor_and_shape_errors():
         mha(torch.zeros(2, 6, 16), key_padding_mask=torch.ones(2, 5))
     with pytest.raises(ValueError, match=r"attn_mask of shape \(5, 5\)"):
         mha(torch.zeros(2, 6, 16), attn_mask=torch.ones(5, 5, dtype=torch.bool))
-    with pytest.raises(ValueError, match="past_kv"):
-        mha(torch.zeros(2, 1, 16), past_kv=(torch.zeros(2, 4, 3, 8), torch.zeros(2, 4, 3, 8)))
+    with pytest.raises(ValueError, match="kv_cache must be a LayerKVCache"):
+        mha(torch.zeros(2, 1, 16), kv_cache=(torch.zeros(2, 4, 3, 4), torch.zeros(2, 4, 3, 4)))
+    with pytest.raises(ValueError, match=r"kv_cache holds .* \(2, 4, S, 8\) keys; this layer needs \(2, 4, S, 4\)"):
+        mha(torch.zeros(2, 1, 16), kv_cache=LayerKVCache(2, 4, 3, 8))
 
 
 def test_split_and_merge_heads_round_trip():

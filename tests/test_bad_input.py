@@ -22,6 +22,7 @@ from companion.nn import (
     EncoderConfig,
     EncoderDecoder,
     EncoderDecoderConfig,
+    EncoderForSequenceClassification,
     GPTConfig,
     attention,
     classifier,
@@ -155,7 +156,11 @@ CASES = {
     "Encoder token id out of range": lambda: Encoder(
         EncoderConfig(vocab_size=10, block_size=8, n_layers=1, n_heads=2, d_model=8)
     )(T([[1, 10]])),
-    "EncoderDecoder target id out of range": lambda: tiny_seq2seq()(T([[1, 2]]), T([[1, 7]])),
+    "EncoderDecoder target id out of range": lambda: tiny_seq2seq()(T([[1, 2]]), decoder_idx=T([[1, 7]])),
+    "EncoderForSequenceClassification targets of wrong shape": lambda: EncoderForSequenceClassification(
+        EncoderConfig(vocab_size=10, block_size=8, n_layers=1, n_heads=2, d_model=8), n_classes=2
+    )(T([[1, 2]]), T([[1, 1]])),
+    "GPT kv_cache of the wrong kind": lambda: tiny_gpt()(T([[1, 2]]), kv_cache=[]),
     # generation
     "generate negative max_new_tokens": lambda: generation.generate(tiny_gpt(), [1], -1),
     "generate prompt longer than block_size": lambda: generation.generate(tiny_gpt(), [1] * 9, 1),

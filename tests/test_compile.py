@@ -42,7 +42,7 @@ def test_gpt_forward_has_no_graph_breaks(batch):
 def test_encoder_and_encoder_decoder_have_no_graph_breaks(batch):
     idx, mask = batch
     enc = Encoder(EncoderConfig(vocab_size=50, block_size=16, n_layers=1, n_heads=2, d_model=16)).eval()
-    e = explain(enc, idx, mask)
+    e = explain(enc, idx, attention_mask=mask)
     assert e.graph_break_count == 0, describe(e)
     s2s = EncoderDecoder(
         EncoderDecoderConfig(
@@ -55,7 +55,7 @@ def test_encoder_and_encoder_decoder_have_no_graph_breaks(batch):
             d_model=16,
         )
     ).eval()
-    e = explain(s2s, idx, idx, mask)
+    e = explain(s2s, idx, idx, decoder_idx=idx, attention_mask=mask)
     assert e.graph_break_count == 0, describe(e)
 
 

@@ -22,7 +22,7 @@ from companion.analysis.measure import best_time, profiler_peak_bytes, time_call
 from companion.analysis.memory import MODEL_SHAPES, kv_cache_table, model_size_bytes
 from companion.analysis.quantization import dequantize, qparams, quantize, quantize_dynamic_int8
 from companion.inference.generation import kv_cache_bytes
-from companion.nn import GPT, GPTConfig
+from companion.nn import GPT, GPTConfig, KVCache
 from companion.nn.attention import scaled_dot_product_attention
 
 
@@ -126,8 +126,8 @@ def test_model_size_bytes():
 def test_kv_cache_formula_matches_model_cache():
     model = small_gpt()
     with torch.no_grad():
-        out = model(torch.zeros(3, 20, dtype=torch.long), use_cache=True)
-    measured = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in out.kv)
+        cache = model(torch.zeros(3, 20, dtype=torch.long), kv_cache=KVCache.for_model(model, 3, max_len=20)).kv_cache
+    measured = sum(t.numel() * t.element_size() for layer in cache for t in layer.keys_values())
     assert measured == kv_cache_bytes(2, 20, 32, batch_size=3, bytes_per_value=4)
 
 
@@ -187,8 +187,9 @@ def test_distillation_model_trains_student_only():
     teacher, student = small_gpt(0), small_gpt(1)
     wrapper = DistillationModel(student, teacher, temperature=2.0)
     idx = torch.randint(0, 40, (2, 16))
-    _, loss = wrapper(idx, idx)
-    loss.backward()
+    out = wrapper(idx, idx)
+    assert out.logits.shape == (2, 16, 40) and wrapper(idx).loss is None
+    out.loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None for p in student.parameters())
     wrapper.train()

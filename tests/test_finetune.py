@@ -113,7 +113,9 @@ def test_classifier_body_is_a_copy_that_returns_hidden_states():
     assert torch.allclose(clf.features(ids), hidden.mean(1), atol=1e-6)
     assert isinstance(gpt.lm_head, torch.nn.Linear)  # the pre-trained model keeps its LM head
     assert clf.body.tok_emb.weight.data_ptr() != gpt.tok_emb.weight.data_ptr()
-    assert clf(ids).logits.shape == (2, 3)
+    out = clf(ids)
+    assert out.logits.shape == (2, 3) and torch.allclose(out.hidden_states, hidden, atol=1e-6)
+    assert torch.equal(gpt(ids).hidden_states, hidden)  # GPT's hidden_states: the output head's input
 
 
 @pytest.mark.parametrize("pooling", ["mean", "last"])
@@ -192,7 +194,7 @@ def test_freezing_does_not_change_the_heads_gradient():
     for frozen in (False, True):
         clf = SequenceClassifier(_gpt(), 2, dropout=0.0)
         freeze(clf.body, frozen)
-        clf(ids, mask, y).loss.backward()
+        clf(ids, y, attention_mask=mask).loss.backward()
         grads.append(clf.head.weight.grad.clone())
         body_grads = [p.grad for p in clf.body.parameters()]
         assert all(g is None for g in body_grads) == frozen

@@ -8,14 +8,13 @@ import torch
 from scipy.stats import chisquare
 
 from companion.inference.generation import (
-    KVCache,
-    LayerKVCache,
     generate,
     kv_cache_bytes,
     sample_next_token,
     top_k_filter,
     top_p_filter,
 )
+from companion.nn.kv_cache import KVCache, LayerKVCache
 
 transformers = pytest.importorskip("transformers")
 from transformers.generation.logits_process import (  # noqa: E402
@@ -326,10 +325,11 @@ def test_kv_cache_bytes():
 
 
 def test_kv_cache_bytes_equals_the_real_cache(tiny_gpt):
+    cache = KVCache.for_model(tiny_gpt, batch_size=2, max_len=10)
     with torch.no_grad():
-        kv = tiny_gpt(torch.zeros(2, 10, dtype=torch.long), use_cache=True).kv
-    n_values = sum(k.numel() + v.numel() for k, v in kv)
-    assert n_values * 4 == kv_cache_bytes(2, 10, 32, batch_size=2)
+        tiny_gpt(torch.zeros(2, 10, dtype=torch.long), kv_cache=cache)
+    n_values = sum(t.numel() for layer in cache for t in layer.keys_values())
+    assert cache.length == 10 and n_values * 4 == kv_cache_bytes(2, 10, 32, batch_size=2)
 
 
 def test_layer_kv_cache_appends_in_place_like_cat():
@@ -344,32 +344,63 @@ def test_layer_kv_cache_appends_in_place_like_cat():
         assert torch.equal(k_all, torch.cat(pieces_k, dim=2))
         assert torch.equal(v_all, torch.cat(pieces_v, dim=2))
         assert k_all.data_ptr() == cache.k.data_ptr()  # a view of the buffer, not a copy
-    k_read, v_read = cache  # unpacks like a (k, v) pair of tensors
-    assert cache.length == 9 and k_read.shape == (2, 3, 9, 4) and torch.equal(cache[1], v_read)
+    k_read, v_read = cache.keys_values()
+    assert cache.length == 9 and k_read.shape == (2, 3, 9, 4) and torch.equal(v_read, torch.cat(pieces_v, dim=2))
     with pytest.raises(ValueError, match="holds 10 positions.*9 \\+ 2 = 11"):
         cache.update(torch.zeros(2, 3, 2, 4), torch.zeros(2, 3, 2, 4))
+    with pytest.raises(ValueError, match=r"holds \(B, n_heads, S, d_head\) = \(2, 3, S, 4\) keys, got \(1, 3, 1, 4\)"):
+        cache.update(torch.zeros(1, 3, 1, 4), torch.zeros(1, 3, 1, 4))
 
 
 def test_kv_cache_for_model_shapes_and_bytes(tiny_gpt):
     cache = KVCache.for_model(tiny_gpt, batch_size=3)
     cfg = tiny_gpt.config
-    assert len(cache) == cfg.n_layers and cache.length == 0
+    assert len(cache) == cfg.n_layers and cache.length == 0 and cache.batch_size == 3
     assert cache[0].k.shape == (3, cfg.n_heads, cfg.block_size, cfg.d_model // cfg.n_heads)
     n_bytes = sum(t.numel() * t.element_size() for layer in cache for t in (layer.k, layer.v))
     assert n_bytes == kv_cache_bytes(cfg.n_layers, cfg.block_size, cfg.d_model, batch_size=3)
 
 
-def test_kv_cache_as_past_kv_gives_the_uncached_logits(tiny_gpt):
-    """Whether the model's attention writes into the cache or only reads it, the logits are right."""
+def test_kv_cache_is_written_in_place_and_gives_the_uncached_logits(tiny_gpt):
+    """The model appends to the cache's own buffers (same storage, length advancing), and the
+    cached logits equal the uncached ones."""
     idx = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    cache = KVCache.for_model(tiny_gpt, 1)
+    buffers = [(layer.k.data_ptr(), layer.v.data_ptr()) for layer in cache]
     with torch.no_grad():
         full = tiny_gpt(idx).logits
-        cache = KVCache.for_model(tiny_gpt, 1)
-        first = tiny_gpt(idx[:, :5], past_kv=cache, use_cache=True)
+        first = tiny_gpt(idx[:, :5], kv_cache=cache)
+        assert cache.length == 5
         torch.testing.assert_close(first.logits, full[:, :5])
-        past = cache if cache.length == 5 else first.kv
-        rest = tiny_gpt(idx[:, 5:], past_kv=past, use_cache=True)
-        torch.testing.assert_close(rest.logits, full[:, 5:], atol=1e-5, rtol=1e-5)
+        steps = [tiny_gpt(idx[:, t : t + 1], kv_cache=cache).logits for t in range(5, 8)]
+        torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 5:], atol=1e-5, rtol=1e-5)
+    assert cache.length == 8 and all(layer.length == 8 for layer in cache)
+    assert [(layer.k.data_ptr(), layer.v.data_ptr()) for layer in cache] == buffers  # never re-allocated
+    k, _ = cache[0].keys_values()
+    assert k.data_ptr() == cache[0].k.data_ptr() and k.shape[2] == 8
+
+
+def test_generate_appends_to_the_preallocated_cache(tiny_gpt, monkeypatch):
+    """generate's KV cache path: every layer's update runs once for the prompt and once per new
+    token, and each returns views of the cache's buffers (no concatenation, no new cache)."""
+    calls = []
+    update = LayerKVCache.update
+
+    def counting_update(self, k_new, v_new):
+        k_all, v_all = update(self, k_new, v_new)
+        calls.append((k_new.shape[2], self.length, k_all.data_ptr() == self.k.data_ptr()))
+        return k_all, v_all
+
+    monkeypatch.setattr(LayerKVCache, "update", counting_update)
+    n_layers, prompt, n_new = tiny_gpt.config.n_layers, [5, 6, 7], 6
+    cached = generate(tiny_gpt, prompt, n_new, temperature=0, use_cache=True)
+    # the prefill (3 positions), then one position for each new token but the last
+    assert len(calls) == n_layers * n_new
+    assert calls[:n_layers] == [(3, 3, True)] * n_layers
+    assert calls[-n_layers:] == [(1, len(prompt) + n_new - 1, True)] * n_layers
+    calls.clear()
+    assert torch.equal(generate(tiny_gpt, prompt, n_new, temperature=0, use_cache=False), cached)
+    assert calls == []  # without the cache, nothing is cached
 
 
 # ----------------------------------------------------------------------------- transformers

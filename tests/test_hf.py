@@ -16,7 +16,7 @@ from companion.interop.hf import (
     load_gpt2_from_hub,
     load_minilm,
 )
-from companion.nn import GPT, GPTConfig, mean_pool
+from companion.nn import GPT, GPTConfig, KVCache, mean_pool
 
 SHAPES = [  # (n_layers, n_heads, d_model, d_ff, vocab_size, block_size, tie)
     (1, 1, 16, None, 37, 16, True),
@@ -128,8 +128,9 @@ def test_gpt_kv_cache_matches_hf():
     ours = gpt_from_hf(theirs)
     idx, _ = batch_and_masks(101)
     with torch.no_grad():
-        first = ours(idx[:, :8], use_cache=True)
-        step = ours(idx[:, 8:9], past_kv=first.kv).logits  # position 8 continues after the cache
+        cache = KVCache.for_model(ours, batch_size=idx.shape[0])
+        ours(idx[:, :8], kv_cache=cache)
+        step = ours(idx[:, 8:9], kv_cache=cache).logits  # position 8 continues after the cache
         torch.testing.assert_close(step[:, 0], theirs(idx[:, :9]).logits[:, 8], atol=1e-5, rtol=0)
 
 
@@ -183,7 +184,9 @@ def test_minilm_hidden_states_match_transformers(minilm):
     assert (batch["attention_mask"] == 0).any()  # the batch really has padding
     with torch.no_grad():
         theirs = bert(**batch).last_hidden_state
-        ours = encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        ours = encoder(
+            batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+        )
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(ours[real], theirs[real], atol=1e-4, rtol=0)
 
@@ -192,7 +195,7 @@ def test_minilm_sentence_embeddings(minilm):
     encoder, tokenizer, bert = minilm
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     with torch.no_grad():
-        h = encoder(batch["input_ids"], batch["attention_mask"])
+        h = encoder(batch["input_ids"], attention_mask=batch["attention_mask"])
         ours = F.normalize(mean_pool(h, batch["attention_mask"]), dim=-1)
         ht = bert(**batch).last_hidden_state
         m = batch["attention_mask"].unsqueeze(-1).float()
@@ -216,7 +219,8 @@ def test_minilm_matches_sentence_transformers(minilm, monkeypatch):
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     with torch.no_grad():
         ours = F.normalize(
-            mean_pool(encoder(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"]), dim=-1
+            mean_pool(encoder(batch["input_ids"], attention_mask=batch["attention_mask"]), batch["attention_mask"]),
+            dim=-1,
         )
     torch.testing.assert_close(ours, want.cpu(), atol=1e-4, rtol=0)
 

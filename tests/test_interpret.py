@@ -55,7 +55,7 @@ def test_trace_encoder_with_padding():
     idx = torch.randint(0, 30, (2, 8))
     mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
     tr = trace(enc, idx, attention_mask=mask)
-    assert torch.allclose(tr.output, enc(idx, mask), atol=1e-6)
+    assert torch.allclose(tr.output, enc(idx, attention_mask=mask), atol=1e-6)
     assert tr.attentions[:, 1, :, :, 5:].abs().max() == 0  # padding gets no weight
     with pytest.raises(ValueError, match="blocks"):
         trace(torch.nn.Linear(3, 3), idx)

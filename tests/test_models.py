@@ -17,6 +17,7 @@ from companion.nn import (
     EncoderForSequenceClassification,
     FeedForward,
     GPTConfig,
+    KVCache,
     TransformerBlock,
     mean_pool,
 )
@@ -106,7 +107,7 @@ def test_block_equals_torch_encoder_layer(norm, causal):
     mask = torch.ones(7, 7, dtype=torch.bool).triu(1) if causal else None  # torch: True = may NOT attend
     with torch.no_grad():
         want = theirs(x, src_mask=mask, src_key_padding_mask=~keep, is_causal=causal)  # True = pad there
-        got, _ = ours(x, key_padding_mask=keep, is_causal=causal)
+        got = ours(x, key_padding_mask=keep, is_causal=causal)
     real = keep.unsqueeze(-1).expand_as(got)
     torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=1e-5)
 
@@ -133,7 +134,7 @@ def test_cross_attention_block_equals_torch_decoder_layer(norm):
             memory_key_padding_mask=~src_keep,
             tgt_is_causal=True,
         )
-        got, _ = ours(x, context=memory, is_causal=True, context_padding_mask=src_keep)
+        got = ours(x, context=memory, is_causal=True, context_padding_mask=src_keep)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -152,7 +153,8 @@ def test_gpt_shapes_loss_and_init_scale():
     model = small_gpt(vocab_size=61)
     idx, targets = torch.randint(0, 61, (2, 3, 10))
     out = model(idx, targets=targets)
-    assert out.logits.shape == (3, 10, 61) and out.kv is None
+    assert out.logits.shape == (3, 10, 61) and out.hidden_states.shape == (3, 10, 32) and out.kv_cache is None
+    torch.testing.assert_close(out.logits, model.lm_head(out.hidden_states))  # the head's input
     # at initialisation the prediction is close to uniform: loss ~ log(vocab_size)
     assert abs(out.loss.item() - math.log(61)) < 0.1
     torch.testing.assert_close(out.loss, F.cross_entropy(out.logits.reshape(-1, 61), targets.reshape(-1)))
@@ -218,14 +220,13 @@ def test_gpt_kv_cache_matches_full_forward(norm):
     idx = torch.randint(0, 61, (2, 11))
     with torch.no_grad():
         full = model(idx).logits
-        out = model(idx[:, :6], use_cache=True)
+        cache = KVCache.for_model(model, batch_size=2)
+        out = model(idx[:, :6], kv_cache=cache)
+        assert out.kv_cache is cache and cache.length == 6
         steps = [out.logits]
-        kv = out.kv
         for t in range(6, 11):
-            out = model(idx[:, t : t + 1], past_kv=kv, use_cache=True)
-            steps.append(out.logits)
-            kv = out.kv
-    assert kv[0][0].shape == (2, 4, 11, 8)
+            steps.append(model(idx[:, t : t + 1], kv_cache=cache).logits)
+    assert cache.length == 11 and cache[0].keys_values()[0].shape == (2, 4, 11, 8)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -236,8 +237,9 @@ def test_gpt_kv_cache_with_padding_mask():
     mask[1, :3] = 0  # left padding in row 1
     with torch.no_grad():
         full = model(idx, attention_mask=mask).logits
-        out = model(idx[:, :5], attention_mask=mask[:, :5], use_cache=True)
-        rest = model(idx[:, 5:], attention_mask=mask, past_kv=out.kv).logits
+        cache = KVCache.for_model(model, batch_size=2)
+        out = model(idx[:, :5], attention_mask=mask[:, :5], kv_cache=cache)
+        rest = model(idx[:, 5:], attention_mask=mask, kv_cache=cache).logits
     real = mask.bool()
     got = torch.cat([out.logits, rest], dim=1)
     torch.testing.assert_close(got[real], full[real], atol=1e-5, rtol=1e-5)
@@ -273,11 +275,16 @@ def test_gpt_input_errors():
         model(torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="attention_mask must have shape"):
         model(torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 4))
-    kv = model(torch.zeros(1, 20, dtype=torch.long), use_cache=True).kv
+    cache = KVCache.for_model(model, batch_size=1)
+    model(torch.zeros(1, 20, dtype=torch.long), kv_cache=cache)
     with pytest.raises(ValueError, match="sequence length 25 exceeds block_size 24"):
-        model(torch.zeros(1, 5, dtype=torch.long), past_kv=kv)
-    with pytest.raises(ValueError, match="past_kv has 1 layers"):
-        model(torch.zeros(1, 1, dtype=torch.long), past_kv=kv[:1])
+        model(torch.zeros(1, 5, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="kv_cache has 1 layers"):
+        model(torch.zeros(1, 1, dtype=torch.long), kv_cache=KVCache(cache.layers[:1]))
+    with pytest.raises(ValueError, match="kv_cache must be a KVCache"):
+        model(torch.zeros(1, 1, dtype=torch.long), kv_cache=[(torch.zeros(1, 4, 3, 8), torch.zeros(1, 4, 3, 8))])
+    with pytest.raises(ValueError, match=r"kv_cache holds .* \(1, 4, S, 8\) keys; this layer needs \(2, 4, S, 8\)"):
+        model(torch.zeros(2, 1, dtype=torch.long), kv_cache=KVCache.for_model(model, batch_size=1))
 
 
 def test_gpt_message_from_brief():
@@ -341,7 +348,7 @@ def test_encoder_is_bidirectional_and_ignores_padding(norm):
         # appending padding (masked) leaves the real positions unchanged
         padded = torch.cat([idx, torch.zeros(1, 4, dtype=torch.long)], dim=1)
         mask = torch.cat([torch.ones(1, 8), torch.zeros(1, 4)], dim=1).long()
-        torch.testing.assert_close(enc(padded, mask)[:, :8], h, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(enc(padded, attention_mask=mask)[:, :8], h, atol=1e-5, rtol=1e-5)
     assert isinstance(enc.ln_emb, nn.LayerNorm if norm == "post" else nn.Identity)
     assert isinstance(enc.ln_f, nn.Identity if norm == "post" else nn.LayerNorm)
 
@@ -366,10 +373,11 @@ def test_masked_lm_head():
     model = EncoderForMaskedLM(small_encoder_config()).eval()
     assert model.decoder.weight is model.encoder.tok_emb.weight
     idx = torch.randint(0, 50, (2, 7))
-    labels = torch.full_like(idx, -100)
-    labels[:, 2] = idx[:, 2]
-    out = model(idx, labels=labels)
-    assert out.logits.shape == (2, 7, 50)
+    targets = torch.full_like(idx, -100)
+    targets[:, 2] = idx[:, 2]
+    out = model(idx, targets)
+    assert out.logits.shape == (2, 7, 50) and out.hidden_states.shape == (2, 7, 32)
+    torch.testing.assert_close(out.hidden_states, model.encoder(idx))
     torch.testing.assert_close(out.loss, F.cross_entropy(out.logits[:, 2], idx[:, 2]))
 
 
@@ -381,10 +389,12 @@ def test_sequence_classification(pooling):
     idx = torch.randint(0, 50, (4, 9))
     mask = torch.ones_like(idx)
     mask[0, 5:] = 0
-    labels = torch.tensor([0, 1, 2, 1])
-    out = model(idx, mask, labels=labels)
-    assert out.logits.shape == (4, 3)
-    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
+    targets = torch.tensor([0, 1, 2, 1])
+    out = model(idx, targets, attention_mask=mask)
+    assert out.logits.shape == (4, 3) and out.hidden_states.shape == (4, 9, 32)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, targets))
+    with pytest.raises(ValueError, match=r"targets must be \(B,\) = \(4,\) class indices, got \(4, 9\)"):
+        model(idx, mask)  # a padding mask passed where the targets go
     with pytest.raises(ValueError, match="pooling must be"):
         EncoderForSequenceClassification(small_encoder_config(), 2, pooling="max")
 
@@ -413,15 +423,15 @@ def test_seq2seq_causal_target_full_source(norm):
     src = torch.randint(0, 40, (1, 10))
     tgt = torch.randint(0, 30, (1, 8))
     with torch.no_grad():
-        base = model(src, tgt).logits
+        base = model(src, decoder_idx=tgt).logits
         assert base.shape == (1, 8, 30)
         tgt2 = tgt.clone()
         tgt2[0, 5:] = (tgt[0, 5:] + 1) % 30
-        out = model(src, tgt2).logits
+        out = model(src, decoder_idx=tgt2).logits
         torch.testing.assert_close(out[:, :5], base[:, :5])  # the target is read causally
         src2 = src.clone()
         src2[0, -1] = (src[0, -1] + 1) % 40
-        assert not torch.allclose(model(src2, tgt).logits[:, 0], base[:, 0])  # every step sees the source
+        assert not torch.allclose(model(src2, decoder_idx=tgt).logits[:, 0], base[:, 0])  # every step sees the source
 
 
 def test_seq2seq_source_padding_and_loss():
@@ -432,20 +442,25 @@ def test_seq2seq_source_padding_and_loss():
     mask = torch.cat([torch.ones(1, 6), torch.zeros(1, 3)], 1).long()
     with torch.no_grad():
         torch.testing.assert_close(
-            model(padded, tgt, src_mask=mask).logits, model(src, tgt).logits, atol=1e-5, rtol=1e-5
+            model(padded, decoder_idx=tgt, attention_mask=mask).logits,
+            model(src, decoder_idx=tgt).logits,
+            atol=1e-5,
+            rtol=1e-5,
         )
-    out = model(src, tgt, targets=tgt)
+    out = model(src, tgt, decoder_idx=tgt)
     torch.testing.assert_close(out.loss, F.cross_entropy(out.logits[0], tgt[0]))
+    assert out.hidden_states.shape == (1, 5, 32)
+    torch.testing.assert_close(out.logits, model.lm_head(out.hidden_states))
     assert model.lm_head.weight is model.tgt_emb.weight
 
 
 def test_seq2seq_errors():
     model = small_seq2seq()
     with pytest.raises(ValueError, match="source token id 40 out of range for vocab_size 40"):
-        model(torch.tensor([[40]]), torch.tensor([[1]]))
+        model(torch.tensor([[40]]), decoder_idx=torch.tensor([[1]]))
     with pytest.raises(ValueError, match="target token id 30 out of range for vocab_size 30"):
-        model(torch.tensor([[1]]), torch.tensor([[30]]))
+        model(torch.tensor([[1]]), decoder_idx=torch.tensor([[30]]))
     with pytest.raises(ValueError, match="sequence length 17 exceeds block_size 16"):
-        model(torch.zeros(1, 17, dtype=torch.long), torch.tensor([[1]]))
+        model(torch.zeros(1, 17, dtype=torch.long), decoder_idx=torch.tensor([[1]]))
     with pytest.raises(ValueError, match="batch sizes differ"):
-        model(torch.zeros(2, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
+        model(torch.zeros(2, 3, dtype=torch.long), decoder_idx=torch.zeros(1, 3, dtype=torch.long))

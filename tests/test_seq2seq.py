@@ -296,7 +296,7 @@ def test_greedy_decode_equals_beam_of_one_and_teacher_forcing():
     row = g[0].tolist()
     n = row.index(tgt.eos_id) + 1 if tgt.eos_id in row else len(row)
     tgt_in = torch.tensor([[tgt.bos_id] + row[: n - 1]])
-    logits = model(b.src_ids[:1], tgt_in, b.src_mask[:1]).logits
+    logits = model(b.src_ids[:1], decoder_idx=tgt_in, attention_mask=b.src_mask[:1]).logits
     assert logits.argmax(-1)[0].tolist() == row[:n]
     # the beam score with length_penalty 0 is the sequence log-probability
     lp = sequence_log_prob(model, b.src_ids[:1], tgt_in, torch.tensor([row[:n]]), b.src_mask[:1])
@@ -331,7 +331,7 @@ def test_cross_attention_weights_recompute_the_layer_output():
     model, src, tgt = _tiny_seq2seq()
     b = make_batch([("12 Oct 1987", "1987-10-12")], src, tgt)
     w = cross_attention_weights(model, b.src_ids, b.tgt_in, b.src_mask)  # (L, 1, H, T, S)
-    memory = model.encode(b.src_ids, b.src_mask)
+    memory = model.encode(b.src_ids, attention_mask=b.src_mask)
     layer = model.decoder_blocks[0].cross_attn
     seen = {}
 
@@ -340,7 +340,7 @@ def test_cross_attention_weights_recompute_the_layer_output():
 
     handle = layer.register_forward_hook(record)
     with torch.no_grad():
-        model(b.src_ids, b.tgt_in, b.src_mask)
+        model(b.src_ids, decoder_idx=b.tgt_in, attention_mask=b.src_mask)
     handle.remove()
     v = layer.v_proj(memory).view(1, -1, 2, 16).transpose(1, 2)  # (1, H, S, d_head)
     y = (w[0] @ v).transpose(1, 2).reshape(1, -1, 32)  # (1, T, d_model)
@@ -366,7 +366,9 @@ def test_a_small_model_learns_dates():
 
     def loss(idx):
         b = make_batch([data.train[i] for i in idx.tolist()], src, tgt)
-        return model(b.src_ids, b.tgt_in, b.src_mask, b.tgt_mask, b.tgt_out).loss
+        return model(
+            b.src_ids, b.tgt_out, decoder_idx=b.tgt_in, attention_mask=b.src_mask, decoder_attention_mask=b.tgt_mask
+        ).loss
 
     losses = fit(model, loss, len(data.train), FinetuneConfig(steps=150, batch_size=64, lr=3e-3, warmup_steps=20))
     assert sum(losses[-10:]) / 10 < 0.25 * sum(losses[:10]) / 10

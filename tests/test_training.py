@@ -381,7 +381,7 @@ def test_gpt_trains_and_resumes_exactly(tmp_path):
 
 
 def test_encoder_trains_with_masked_lm():
-    """BERT-style model: targets go in as `labels=` and the loss covers masked positions only."""
+    """BERT-style model: targets are the original tokens at masked positions, the loss covers only those."""
     from companion.nn import EncoderConfig, EncoderForMaskedLM
     from companion.training.trainer import model_loss
 

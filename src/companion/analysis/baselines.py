@@ -161,7 +161,9 @@ def sentence_embeddings(
         enc = tokenizer(
             [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
         )
-        hidden = encoder(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))  # (B, T, C)
+        hidden = encoder(
+            enc["input_ids"], attention_mask=enc["attention_mask"], token_type_ids=enc.get("token_type_ids")
+        )  # (B, T, C)
         out[idx] = F.normalize(mean_pool(hidden, enc["attention_mask"]), dim=-1)  # (B, C)
     encoder.train(was_training)
     return out

@@ -7,6 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from companion.nn.output import ModelOutput
+
 __all__ = ["DistillationModel", "distillation_loss"]
 
 
@@ -64,11 +66,12 @@ class DistillationModel(nn.Module):
         self.training = mode
         return self
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None):
-        """idx (B, T) -> (student logits (B, T, V), distillation loss or None)."""
-        logits = self.student(idx).logits  # (B, T, V)
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> ModelOutput:
+        """idx (B, T) -> the student's ModelOutput, its loss the distillation loss (None without targets)."""
+        out = self.student(idx)  # logits (B, T, V)
         if targets is None:
-            return logits, None
+            return out._replace(loss=None)
         with torch.no_grad():
             teacher_logits = self.teacher(idx).logits  # (B, T, V)
-        return logits, distillation_loss(logits, teacher_logits, self.temperature, targets, self.alpha)
+        loss = distillation_loss(out.logits, teacher_logits, self.temperature, targets, self.alpha)
+        return out._replace(loss=loss)

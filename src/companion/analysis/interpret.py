@@ -36,7 +36,7 @@ __all__ = [
 class Trace(NamedTuple):
     """What `trace` records."""
 
-    output: object  # the model's own output (GPTOutput for a GPT, hidden states for an Encoder)
+    output: object  # the model's own output (ModelOutput for a GPT, hidden states for an Encoder)
     residuals: Tensor  # (n_layers + 1, B, T, d_model): input of block 0, then output of each block
     attentions: Tensor  # (n_layers, B, n_heads, T, T): softmax weights of every head
 
@@ -68,7 +68,7 @@ def trace(model: nn.Module, idx: Tensor, **kwargs) -> Trace:
         residuals.append(args[0] if args else kw["x"])  # (B, T, d_model)
 
     def keep_output(module, args, out):
-        residuals.append(out[0])  # (B, T, d_model)
+        residuals.append(out)  # (B, T, d_model)
 
     handles.append(blocks[0].register_forward_pre_hook(keep_input, with_kwargs=True))
     for block in blocks:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from companion.nn.attention import AttentionOutput, MultiHeadAttention, merge_heads, split_heads
 from companion.nn.blocks import TransformerBlock
-from companion.nn.gpt import GPTConfig, GPTOutput, init_gpt_weights
+from companion.nn.gpt import GPTConfig, init_gpt_weights
+from companion.nn.output import ModelOutput
 from companion.nn.positional import RotaryEmbedding, alibi_bias, alibi_slopes, sinusoidal_encoding
 
 POSITIONS = ("learned", "sinusoidal", "rotary", "alibi", "none")
@@ -43,17 +44,15 @@ class PositionAwareAttention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
         is_causal: bool = False,
-        past_kv: Any = None,
-        use_cache: bool = False,
+        kv_cache: Any = None,
         need_weights: bool = False,
     ) -> AttentionOutput:
-        """Causal self-attention of x (B, T, d_model) -> AttentionOutput(out (B, T, d_model), None, None)."""
+        """Causal self-attention of x (B, T, d_model) -> AttentionOutput(out (B, T, d_model), None)."""
         if (
             context is not None
             or attn_mask is not None
             or key_padding_mask is not None
-            or past_kv is not None
-            or use_cache
+            or kv_cache is not None
             or need_weights
             or not is_causal
         ):
@@ -71,7 +70,7 @@ class PositionAwareAttention(nn.Module):
         else:
             bias = alibi_bias(self.slopes.to(q.dtype), x.shape[1])  # (H, T, T), causal
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
-        return AttentionOutput(a.out_proj(merge_heads(y)), None, None)
+        return AttentionOutput(a.out_proj(merge_heads(y)), None)
 
 
 class PositionalGPT(nn.Module):
@@ -106,8 +105,8 @@ class PositionalGPT(nn.Module):
             for block in self.blocks:
                 block.attn = PositionAwareAttention(block.attn, position)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> GPTOutput:
-        """idx (B, T) -> GPTOutput(logits (B, T, vocab_size), mean cross-entropy or None, None)."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+        """idx (B, T) -> ModelOutput(logits (B, T, vocab_size), mean cross-entropy or None, hidden_states)."""
         T = idx.shape[1]
         x = self.tok_emb(idx)  # (B, T, d_model)
         if self.position == "learned":
@@ -120,9 +119,10 @@ class PositionalGPT(nn.Module):
             pe = sinusoidal_encoding(T, self.config.d_model).to(x.device, x.dtype)  # (T, d_model)
             x = x + self.sinusoidal_scale * pe
         for block in self.blocks:
-            x, _ = block(x, is_causal=True)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab_size)
+            x = block(x, is_causal=True)
+        h = self.ln_f(x)  # (B, T, d_model)
+        logits = self.lm_head(h)  # (B, T, vocab_size)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        return GPTOutput(logits, loss, None)
+        return ModelOutput(logits, loss, h)

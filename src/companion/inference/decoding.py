@@ -38,7 +38,7 @@ __all__ = [
 def _check_src(model: nn.Module, src_ids: Tensor, src_mask: Tensor | None) -> Tensor:
     if src_ids.dim() != 2 or src_ids.shape[0] == 0:
         raise ValueError(f"src_ids must be a non-empty (B, S) tensor, got shape {tuple(src_ids.shape)}")
-    return model.encode(src_ids, src_mask)  # (B, S, d_model)
+    return model.encode(src_ids, attention_mask=src_mask)  # (B, S, d_model)
 
 
 @torch.no_grad()
@@ -70,7 +70,7 @@ def greedy_decode(
         tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=src_ids.device)  # (B, 1)
         done = torch.zeros(B, dtype=torch.bool, device=src_ids.device)
         for _ in range(max_len):
-            logits = model.decode(tokens, memory, src_mask)[:, -1]  # (B, V)
+            logits = model.decode(tokens, memory, attention_mask=src_mask)[:, -1]  # (B, V)
             nxt = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
             nxt = nxt.masked_fill(done.unsqueeze(1), eos_id)
             tokens = torch.cat([tokens, nxt], dim=1)
@@ -206,7 +206,7 @@ def seq2seq_beam_search(
         mask = None if src_mask is None else src_mask.repeat_interleave(num_beams, dim=0)  # (B*K, S)
 
         def next_log_probs(tokens: Tensor) -> Tensor:
-            return model.decode(tokens, memory, mask)[:, -1].log_softmax(-1)  # (B*K, V)
+            return model.decode(tokens, memory, attention_mask=mask)[:, -1].log_softmax(-1)  # (B*K, V)
 
         start = torch.full((src_ids.shape[0], 1), bos_id, dtype=torch.long, device=src_ids.device)
         return beam_search(
@@ -229,7 +229,7 @@ def sequence_log_prob(
     was_training = model.training
     model.eval()
     try:
-        logits = model(src_ids, tgt_in, src_mask).logits  # (B, T, V)
+        logits = model(src_ids, decoder_idx=tgt_in, attention_mask=src_mask).logits  # (B, T, V)
     finally:
         model.train(was_training)
     keep = tgt_out != -100
@@ -262,7 +262,7 @@ def cross_attention_weights(
     was_training = model.training
     model.eval()
     try:
-        model(src_ids, tgt_in, src_mask)
+        model(src_ids, decoder_idx=tgt_in, attention_mask=src_mask)
     finally:
         model.train(was_training)
         for h in handles:

@@ -5,17 +5,16 @@ Decoding turns them into one next token, appends it, and repeats. This module ho
 
 * the *filters* that reshape the next-token distribution (`top_k_filter`, `top_p_filter`),
 * `sample_next_token`, one decoding step (temperature, then top-k, then top-p, then a draw),
-* `generate`, the autoregressive loop, which by default keeps a **KV cache**: the prompt is
-  run through the model once ("prefill"), and each later step feeds only the newest token,
-  reusing the keys and values of all earlier positions,
-* `KVCache` (one `LayerKVCache` per layer), a preallocated cache that a decoding step appends
-  one position to in place, instead of re-building the whole cache with ``torch.cat``,
+* `generate`, the autoregressive loop, which by default keeps a **KV cache**
+  (`companion.nn.kv_cache.KVCache`, preallocated and appended to in place): the prompt is run
+  through the model once ("prefill"), and each later step feeds only the newest token, reusing
+  the keys and values of all earlier positions,
 * `kv_cache_bytes`, the memory the cache needs: $2 \\cdot n_\\text{layers} \\cdot T \\cdot d_\\text{model}$
   numbers per sequence.
 
 The model only has to follow the book's GPT interface (`companion.nn.GPT`):
-``model(idx, past_kv=..., use_cache=True)`` returns an object with ``.logits`` (B, T, vocab_size)
-and ``.kv`` (the cache to pass back), and ``model.config.block_size`` is its context length.
+``model(idx, kv_cache=cache)`` returns an object with ``.logits`` (B, T, vocab_size) and appends
+to `cache` in place, and ``model.config.block_size`` is its context length.
 """
 
 from __future__ import annotations
@@ -25,9 +24,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from companion.nn.kv_cache import KVCache
+
 __all__ = [
-    "KVCache",
-    "LayerKVCache",
     "generate",
     "kv_cache_bytes",
     "sample_next_token",
@@ -147,91 +146,6 @@ def _sample(
     return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
 
 
-# ----------------------------------------------------------------------------- KV cache
-
-
-class LayerKVCache:
-    """Preallocated keys and values of one attention layer, each (B, n_heads, max_len, d_head).
-
-    ``update(k_new, v_new)`` writes the new positions after the filled ones and returns views
-    of all filled positions, so a decoding step copies one position instead of re-building the
-    whole cache with ``torch.cat``. Unpacking it (``k, v = layer_cache``) gives the filled views,
-    so code that expects a ``(k, v)`` pair of tensors can read it.
-    """
-
-    def __init__(
-        self,
-        batch_size: int,
-        n_heads: int,
-        max_len: int,
-        d_head: int,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ):
-        self.k = torch.empty(batch_size, n_heads, max_len, d_head, dtype=dtype, device=device)
-        self.v = torch.empty_like(self.k)
-        self.max_len = max_len
-        self.length = 0  # positions filled so far
-
-    def update(self, k_new: Tensor, v_new: Tensor) -> tuple[Tensor, Tensor]:
-        """Append k_new, v_new (B, n_heads, T, d_head); return all keys, values (B, n_heads, S, d_head)."""
-        end = self.length + k_new.shape[2]
-        if end > self.max_len:
-            raise ValueError(
-                f"KV cache holds {self.max_len} positions; cannot store {self.length} + {k_new.shape[2]} = {end}"
-            )
-        self.k[:, :, self.length : end] = k_new
-        self.v[:, :, self.length : end] = v_new
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-    def __iter__(self):
-        return iter((self.k[:, :, : self.length], self.v[:, :, : self.length]))
-
-    def __getitem__(self, i: int) -> Tensor:
-        return (self.k, self.v)[i][:, :, : self.length]
-
-    def __len__(self) -> int:
-        return 2
-
-
-class KVCache:
-    r"""One preallocated `LayerKVCache` per layer, usable as a model's ``past_kv``.
-
-    It holds $2 \cdot n_\text{layers} \cdot \text{max\_len} \cdot d_\text{model}$ numbers per
-    sequence (see `kv_cache_bytes`). Pass it as ``past_kv`` starting empty: the prefill fills it
-    with the prompt, and each later call appends one position in place. This needs attention
-    layers that call ``past_kv.update(k, v)`` when the cache has that method; layers that only
-    read ``(k, v)`` pairs leave it empty, and `generate` then keeps the cache the model returns.
-    """
-
-    def __init__(self, layers: list[LayerKVCache]):
-        self.layers = layers
-
-    @classmethod
-    def for_model(cls, model: nn.Module, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty cache shaped for `model` (a GPT), holding up to `max_len` (default block_size)."""
-        c = model.config
-        p = next(model.parameters())
-        max_len = c.block_size if max_len is None else max_len
-        d_head = c.d_model // c.n_heads
-        return cls([LayerKVCache(batch_size, c.n_heads, max_len, d_head, p.dtype, p.device) for _ in range(c.n_layers)])
-
-    @property
-    def length(self) -> int:
-        """Positions cached so far."""
-        return self.layers[0].length
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def __getitem__(self, i: int) -> LayerKVCache:
-        return self.layers[i]
-
-    def __iter__(self):
-        return iter(self.layers)
-
-
 # ----------------------------------------------------------------------------- generation
 
 
@@ -276,10 +190,9 @@ def generate(
     model raise ``ValueError`` rather than decoding to arbitrary tokens.
 
     With ``use_cache=True`` the prompt is run through the model once and each new token costs
-    one forward pass over a single position, reusing the cached keys and values (kept in a
-    preallocated `KVCache` when the model's attention layers can write into one, otherwise in
-    the ``(k, v)`` list the model returns); with
-    ``use_cache=False`` every step re-runs the whole sequence (the same tokens, much slower).
+    one forward pass over a single position, reusing the cached keys and values (a preallocated
+    `KVCache` that every step appends one position to in place); with ``use_cache=False``
+    every step re-runs the whole sequence (the same tokens, much slower).
 
     Context length. A prompt longer than ``model.config.block_size`` raises ``ValueError``
     (it is never silently cropped). Generation may run past ``block_size``: the model then
@@ -332,16 +245,10 @@ def generate(
         with torch.inference_mode():
             if max_new_tokens == 0:
                 return out[0] if was_1d else out
-            past = None
-            if use_cache:  # prefill: one pass over the whole prompt, keep its keys and values
+            cache = None
+            if use_cache:  # prefill: one pass over the whole prompt, its keys and values cached
                 cache = KVCache.for_model(model, B, min(block_size, T0 + max_new_tokens - 1))
-                res = model(idx, past_kv=cache, use_cache=True)
-                # attention that writes into the preallocated cache has filled it; one that
-                # only reads (k, v) pairs has returned its own (concatenated) cache instead
-                past = cache if cache.length == T0 else res.kv
-                logits = res.logits[:, -1, :]  # (B, V)
-            else:
-                logits = model(idx).logits[:, -1, :]  # (B, V)
+            logits = model(idx, kv_cache=cache).logits[:, -1, :]  # (B, V)
             for step in range(max_new_tokens):
                 _check_finite(logits, step)
                 nxt = _sample(logits, temperature, top_k, top_p, generator)  # (B, 1)
@@ -352,11 +259,10 @@ def generate(
                 length += 1
                 if step == max_new_tokens - 1 or (finished is not None and bool(finished.all())):
                     break
-                if past is not None and length <= block_size:
-                    res = model(nxt, past_kv=past, use_cache=True)  # one new position
-                    past = past if isinstance(past, KVCache) else res.kv
+                if cache is not None and length <= block_size:
+                    res = model(nxt, kv_cache=cache)  # one new position, appended to the cache
                 else:  # no cache, or past block_size: run the (cropped) window from scratch
-                    past = None
+                    cache = None
                     window = out[:, max(0, length - block_size) : length]  # (B, <= block_size)
                     res = model(window)
                 logits = res.logits[:, -1, :]  # (B, V)

@@ -3,6 +3,8 @@
 * `attention`  scaled dot-product and multi-head attention, masks
 * `positional` sinusoidal, learned and rotary positions, ALiBi
 * `blocks`     the Transformer block (pre- or post-LayerNorm) and its feed-forward layer
+* `kv_cache`   the preallocated KV cache that attention appends to in place
+* `output`     `ModelOutput`, what every model returns
 * `gpt`        the decoder-only GPT
 * `encoder`    a BERT-style bidirectional encoder, with masked-LM and classification heads
 * `seq2seq`    the encoder-decoder
@@ -14,19 +16,18 @@ The models are imported here, so ``from companion.nn import GPT, GPTConfig`` wor
 from companion.nn.blocks import FeedForward, TransformerBlock
 from companion.nn.classifier import SequenceClassifier
 from companion.nn.encoder import (
-    ClassifierOutput,
     Encoder,
     EncoderConfig,
     EncoderForMaskedLM,
     EncoderForSequenceClassification,
-    MaskedLMOutput,
     mean_pool,
 )
-from companion.nn.gpt import GPT, GPTConfig, GPTOutput, init_gpt_weights
-from companion.nn.seq2seq import EncoderDecoder, EncoderDecoderConfig, Seq2SeqOutput
+from companion.nn.gpt import GPT, GPTConfig, init_gpt_weights
+from companion.nn.kv_cache import KVCache, LayerKVCache
+from companion.nn.output import ModelOutput
+from companion.nn.seq2seq import EncoderDecoder, EncoderDecoderConfig
 
 __all__ = [
-    "ClassifierOutput",
     "Encoder",
     "EncoderConfig",
     "EncoderDecoder",
@@ -36,9 +37,9 @@ __all__ = [
     "FeedForward",
     "GPT",
     "GPTConfig",
-    "GPTOutput",
-    "MaskedLMOutput",
-    "Seq2SeqOutput",
+    "KVCache",
+    "LayerKVCache",
+    "ModelOutput",
     "SequenceClassifier",
     "TransformerBlock",
     "init_gpt_weights",

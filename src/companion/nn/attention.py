@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from companion.nn.kv_cache import LayerKVCache
+
 __all__ = [
     "AttentionOutput",
     "MultiHeadAttention",
@@ -38,7 +40,6 @@ class AttentionOutput(NamedTuple):
 
     out: Tensor  # (B, T, d_model)
     weights: Tensor | None  # (B, n_heads, T, S_total) when need_weights=True
-    kv: tuple[Tensor, Tensor] | None  # (k, v) each (B, n_heads, S_total, d_head) when use_cache=True
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,22 +283,24 @@ class MultiHeadAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, dropout={self.dropout}, use_sdpa={self.use_sdpa}"
 
-    def _check_inputs(self, x: Tensor, context: Tensor | None, past_kv) -> None:
+    def _check_inputs(self, x: Tensor, context: Tensor | None, kv_cache: LayerKVCache | None) -> None:
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must be (B, T, d_model={self.d_model}), got {tuple(x.shape)}")
         if context is not None and (
             context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[-1] != self.d_model
         ):
             raise ValueError(f"context must be (B={x.shape[0]}, S, d_model={self.d_model}), got {tuple(context.shape)}")
-        if past_kv is not None:
-            k_past, v_past = past_kv
-            want = (x.shape[0], self.n_heads, k_past.shape[2] if k_past.ndim == 4 else -1, self.d_head)
-            if k_past.ndim != 4 or tuple(k_past.shape) != want or tuple(v_past.shape) != want:
+        if kv_cache is not None:
+            if not isinstance(kv_cache, LayerKVCache):
+                raise ValueError(f"kv_cache must be a LayerKVCache, got {type(kv_cache).__name__}")
+            B, H, _, D = kv_cache.k.shape
+            if (B, H, D) != (x.shape[0], self.n_heads, self.d_head):
                 raise ValueError(
-                    f"past_kv must be two (B, n_heads, S_past, d_head) = "
-                    f"({x.shape[0]}, {self.n_heads}, S_past, {self.d_head}) tensors, got "
-                    f"k {tuple(k_past.shape)}, v {tuple(v_past.shape)}"
+                    f"kv_cache holds (B, n_heads, S, d_head) = ({B}, {H}, S, {D}) keys; this layer needs "
+                    f"({x.shape[0]}, {self.n_heads}, S, {self.d_head})"
                 )
+            if context is not None:
+                raise ValueError("a KV cache holds self-attention keys: it cannot be combined with a context")
 
     def forward(
         self,
@@ -307,24 +310,23 @@ class MultiHeadAttention(nn.Module):
         attn_mask: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
         is_causal: bool = False,
-        past_kv: tuple[Tensor, Tensor] | None = None,
-        use_cache: bool = False,
+        kv_cache: LayerKVCache | None = None,
         need_weights: bool = False,
     ) -> AttentionOutput:
-        """Attend from x (B, T, d_model) to context (B, S, d_model), default x itself."""
-        self._check_inputs(x, context, past_kv)
+        """Attend from x (B, T, d_model) to context (B, S, d_model), default x itself.
+
+        kv_cache: this layer's preallocated cache; the new keys and values are written into it
+        after its filled positions, and the queries attend over all of them (S_total of them).
+        """
+        self._check_inputs(x, context, kv_cache)
         B, T, _ = x.shape
         source = x if context is None else context
 
         q = split_heads(self.q_proj(x), self.n_heads)  # (B, n_heads, T, d_head)
         k = split_heads(self.k_proj(source), self.n_heads)  # (B, n_heads, S, d_head)
         v = split_heads(self.v_proj(source), self.n_heads)  # (B, n_heads, S, d_head)
-        if past_kv is not None and hasattr(past_kv, "update"):
-            # a preallocated cache (companion.inference.generation.LayerKVCache): written in place
-            k, v = past_kv.update(k, v)  # (B, n_heads, S_total, d_head) views of its buffers
-        elif past_kv is not None:
-            k = torch.cat([past_kv[0], k], dim=2)  # (B, n_heads, S_total, d_head)
-            v = torch.cat([past_kv[1], v], dim=2)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)  # (B, n_heads, S_total, d_head), views of the cache's buffers
         S_total = k.shape[2]
 
         masks = []
@@ -372,4 +374,4 @@ class MultiHeadAttention(nn.Module):
             y = y.masked_fill(dead, 0.0)
 
         out = self.out_proj(merge_heads(y))  # (B, T, d_model)
-        return AttentionOutput(out, weights, (k, v) if use_cache else None)
+        return AttentionOutput(out, weights)

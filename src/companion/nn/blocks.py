@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from companion.nn.attention import MultiHeadAttention, values_checkable
+from companion.nn.kv_cache import LayerKVCache
 
 NORMS = ("pre", "post")
 
@@ -124,27 +125,19 @@ class TransformerBlock(nn.Module):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
         context_padding_mask: torch.Tensor | None = None,
-        past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-        use_cache: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """x (B, T, d_model) -> (x (B, T, d_model), kv of the self-attention if use_cache else None).
+        kv_cache: LayerKVCache | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, d_model) -> x (B, T, d_model).
 
         key_padding_mask: (B, S_past + T), 1 = real token (HF convention), for self-attention.
         context: (B, S, d_model) encoder output for cross-attention; context_padding_mask (B, S).
+        kv_cache: the self-attention's cache, appended to in place (S_past = its filled length).
         """
-        kv = None
 
         def self_attention(h: torch.Tensor) -> torch.Tensor:
-            nonlocal kv
             a = self.attn(
-                h,
-                attn_mask=attn_mask,
-                key_padding_mask=key_padding_mask,
-                is_causal=is_causal,
-                past_kv=past_kv,
-                use_cache=use_cache,
+                h, attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal, kv_cache=kv_cache
             )
-            kv = a.kv
             return self.attn_drop(a.out)  # (B, T, d_model)
 
         x = self._residual(x, self.ln_attn, self_attention)
@@ -159,8 +152,7 @@ class TransformerBlock(nn.Module):
             x = self._residual(x, self.ln_cross, cross_attention)
         elif self.cross_attn is not None:
             raise ValueError("this block has cross-attention: pass the encoder output as context=")
-        x = self._residual(x, self.ln_ffn, self.ffn)
-        return x, kv
+        return self._residual(x, self.ln_ffn, self.ffn)
 
 
 def check_token_ids(idx: torch.Tensor, vocab_size: int, name: str = "token id") -> None:

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from companion.nn.encoder import ClassifierOutput, mean_pool
+from companion.nn.encoder import mean_pool
 from companion.nn.gpt import GPT
+from companion.nn.output import ModelOutput
 
 __all__ = ["SequenceClassifier"]
 
@@ -34,8 +35,8 @@ class SequenceClassifier(nn.Module):
         if n_classes < 2:
             raise ValueError(f"n_classes must be at least 2, got {n_classes}")
         self.body = copy.deepcopy(gpt)
-        # With the LM head replaced by the identity, GPT.forward's "logits" are the final hidden
-        # states (after ln_f): (B, T, d_model). The tied token embedding stays in the body.
+        # the classifier reads the body's hidden_states and needs no vocabulary logits, so the LM
+        # head is dropped (the tied token embedding stays in the body)
         self.body.lm_head = nn.Identity()
         self.pooling, self.n_classes = pooling, n_classes
         self.drop = nn.Dropout(dropout)
@@ -43,9 +44,13 @@ class SequenceClassifier(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """(B, T) ids -> (B, d_model) sentence vectors."""
-        hidden = self.body(input_ids, attention_mask=attention_mask).logits  # (B, T, d_model)
+    def features(self, idx: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """idx (B, T) token ids, attention_mask (B, T) 1 = real token -> (B, d_model) sentence vectors."""
+        hidden = self.body(idx, attention_mask=attention_mask).hidden_states  # (B, T, d_model)
+        return self._pool(hidden, attention_mask)
+
+    def _pool(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """Hidden states (B, T, d_model) -> one vector per sentence (B, d_model)."""
         if self.pooling == "mean":
             return mean_pool(hidden, attention_mask)  # (B, d_model)
         if attention_mask is None:
@@ -54,9 +59,18 @@ class SequenceClassifier(nn.Module):
         return hidden[torch.arange(len(last)), last]  # (B, d_model)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
-    ) -> ClassifierOutput:
-        """logits (B, n_classes); with labels (B,) also the mean cross-entropy."""
-        logits = self.head(self.drop(self.features(input_ids, attention_mask)))  # (B, n_classes)
-        loss = None if labels is None else F.cross_entropy(logits, labels)
-        return ClassifierOutput(logits, loss)
+        self, idx: Tensor, targets: Tensor | None = None, *, attention_mask: Tensor | None = None
+    ) -> ModelOutput:
+        """idx (B, T) token ids -> ModelOutput(logits (B, n_classes), loss, hidden_states (B, T, d_model)).
+
+        targets: (B,) class indices; the loss is their mean cross-entropy.
+        attention_mask: (B, T) with 1 = real token, 0 = padding.
+        """
+        hidden = self.body(idx, attention_mask=attention_mask).hidden_states  # (B, T, d_model)
+        logits = self.head(self.drop(self._pool(hidden, attention_mask)))  # (B, n_classes)
+        loss = None
+        if targets is not None:
+            if targets.shape != idx.shape[:1]:
+                raise ValueError(f"targets must be (B,) = ({idx.shape[0]},) class indices, got {tuple(targets.shape)}")
+            loss = F.cross_entropy(logits, targets)
+        return ModelOutput(logits, loss, hidden)

@@ -8,7 +8,6 @@ hidden states into one sentence vector the way sentence-transformers does for al
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -23,6 +22,7 @@ from companion.nn.blocks import (
     make_activation,
 )
 from companion.nn.gpt import init_gpt_weights
+from companion.nn.output import ModelOutput
 from companion.training.objectives import lm_loss
 
 
@@ -92,33 +92,30 @@ class Encoder(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        idx: torch.Tensor,
+        *,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids (B, T); attention_mask (B, T) 1 = real token; token_type_ids (B, T) -> (B, T, d_model)."""
+        """idx (B, T) token ids -> hidden states (B, T, d_model).
+
+        attention_mask: (B, T) with 1 = real token, 0 = padding; token_type_ids: (B, T) segment ids.
+        """
         c = self.config
-        check_token_ids(input_ids, c.vocab_size)
-        B, T = input_ids.shape
+        check_token_ids(idx, c.vocab_size)
+        B, T = idx.shape
         check_length(T, c.block_size)
         check_padding_mask(attention_mask, B, T, "attention_mask")
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+            token_type_ids = torch.zeros_like(idx)
         check_token_ids(token_type_ids, c.type_vocab_size, name="token type id")
 
-        pos = torch.arange(T, device=input_ids.device)  # (T,)
-        x = self.tok_emb(input_ids) + self.type_emb(token_type_ids) + self.pos_emb(pos)  # (B, T, d_model)
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.tok_emb(idx) + self.type_emb(token_type_ids) + self.pos_emb(pos)  # (B, T, d_model)
         x = self.drop(self.ln_emb(x))
         for block in self.blocks:
-            x, _ = block(x, key_padding_mask=attention_mask)  # every token sees every real token
+            x = block(x, key_padding_mask=attention_mask)  # every token sees every real token
         return self.ln_f(x)  # (B, T, d_model)
-
-
-class MaskedLMOutput(NamedTuple):
-    """What EncoderForMaskedLM.forward returns."""
-
-    logits: torch.Tensor  # (B, T, vocab_size)
-    loss: torch.Tensor | None  # cross-entropy over positions whose label != -100
 
 
 class EncoderForMaskedLM(nn.Module):
@@ -141,25 +138,25 @@ class EncoderForMaskedLM(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> MaskedLMOutput:
-        """labels (B, T): the original token at masked positions, -100 elsewhere."""
-        h = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, d_model)
+    ) -> ModelOutput:
+        """idx (B, T) token ids -> ModelOutput(logits (B, T, vocab_size), loss, hidden_states (B, T, d_model)).
+
+        targets: (B, T) the original token at masked positions, -100 elsewhere (BERT's labels).
+        attention_mask: (B, T) with 1 = real token; token_type_ids: (B, T) segment ids.
+        """
+        h = self.encoder(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)  # (B, T, d_model)
         logits = self.decoder(self.transform(h))  # (B, T, vocab_size)
         loss = None
-        if labels is not None:
-            loss = lm_loss(logits, labels)
-        return MaskedLMOutput(logits, loss)
-
-
-class ClassifierOutput(NamedTuple):
-    """What EncoderForSequenceClassification.forward returns."""
-
-    logits: torch.Tensor  # (B, n_classes)
-    loss: torch.Tensor | None
+        if targets is not None:
+            if targets.shape != idx.shape:
+                raise ValueError(f"targets shape {tuple(targets.shape)} != idx shape {tuple(idx.shape)}")
+            loss = lm_loss(logits, targets)
+        return ModelOutput(logits, loss, h)
 
 
 class EncoderForSequenceClassification(nn.Module):
@@ -186,17 +183,26 @@ class EncoderForSequenceClassification(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> ClassifierOutput:
-        """labels (B,) class indices -> mean cross-entropy."""
-        h = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, d_model)
+    ) -> ModelOutput:
+        """idx (B, T) token ids -> ModelOutput(logits (B, n_classes), loss, hidden_states (B, T, d_model)).
+
+        targets: (B,) class indices; the loss is their mean cross-entropy.
+        attention_mask: (B, T) with 1 = real token; token_type_ids: (B, T) segment ids.
+        """
+        h = self.encoder(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)  # (B, T, d_model)
         if self.pooler is not None:
             sentence = self.pooler(h[:, 0])  # (B, d_model)
         else:
             sentence = mean_pool(h, attention_mask)  # (B, d_model)
         logits = self.classifier(self.drop(sentence))  # (B, n_classes)
-        loss = None if labels is None else F.cross_entropy(logits, labels)
-        return ClassifierOutput(logits, loss)
+        loss = None
+        if targets is not None:
+            if targets.shape != idx.shape[:1]:
+                raise ValueError(f"targets must be (B,) = ({idx.shape[0]},) class indices, got {tuple(targets.shape)}")
+            loss = F.cross_entropy(logits, targets)
+        return ModelOutput(logits, loss, h)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -20,9 +19,9 @@ from companion.nn.blocks import (
     check_shape_config,
     check_token_ids,
 )
+from companion.nn.kv_cache import KVCache
+from companion.nn.output import ModelOutput
 from companion.training.objectives import lm_loss
-
-KV = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -51,14 +50,6 @@ class GPTConfig:
     def d_head(self) -> int:
         """Width of one attention head, d_model / n_heads."""
         return self.d_model // self.n_heads
-
-
-class GPTOutput(NamedTuple):
-    """What GPT.forward returns."""
-
-    logits: torch.Tensor  # (B, T, vocab_size)
-    loss: torch.Tensor | None  # mean cross-entropy over targets != -100, if targets were given
-    kv: list[KV] | None  # per layer (k, v), each (B, n_heads, S_total, d_head), if use_cache
 
 
 def init_gpt_weights(model: nn.Module, n_residual_branches: int, std: float = 0.02) -> None:
@@ -114,42 +105,39 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         *,
         attention_mask: torch.Tensor | None = None,
-        past_kv: list[KV] | None = None,
-        use_cache: bool = False,
-    ) -> GPTOutput:
-        """idx (B, T) token ids -> GPTOutput(logits (B, T, vocab_size), loss, kv).
+        kv_cache: KVCache | None = None,
+    ) -> ModelOutput:
+        """idx (B, T) token ids -> ModelOutput(logits (B, T, vocab_size), loss, hidden_states, kv_cache).
 
+        targets: (B, T) the next token at each position, -100 where nothing is predicted.
         attention_mask: (B, S_past + T) with 1 = real token, 0 = padding (Hugging Face convention).
-        past_kv: the `kv` of an earlier call; positions continue after the cached length.
+        kv_cache: a `KVCache` (see `KVCache.for_model`) holding S_past positions of earlier calls;
+            this call appends its T positions in place, and its positions continue after S_past.
         """
         c = self.config
         check_token_ids(idx, c.vocab_size)
         B, T = idx.shape
-        past_len = 0 if past_kv is None else past_kv[0][0].shape[2]
-        if past_kv is not None and len(past_kv) != c.n_layers:
-            raise ValueError(f"past_kv has {len(past_kv)} layers, the model has {c.n_layers}")
+        past_len = 0
+        if kv_cache is not None:
+            if not isinstance(kv_cache, KVCache):
+                raise ValueError(f"kv_cache must be a KVCache, got {type(kv_cache).__name__}")
+            if len(kv_cache) != c.n_layers:
+                raise ValueError(f"kv_cache has {len(kv_cache)} layers, the model has {c.n_layers}")
+            past_len = kv_cache.length
         check_length(past_len + T, c.block_size)
         check_padding_mask(attention_mask, B, past_len + T, "attention_mask")
 
         pos = torch.arange(past_len, past_len + T, device=idx.device)  # (T,)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, d_model)
-        new_kv = [] if use_cache else None
         for i, block in enumerate(self.blocks):
-            x, kv = block(
-                x,
-                key_padding_mask=attention_mask,
-                is_causal=True,
-                past_kv=None if past_kv is None else past_kv[i],
-                use_cache=use_cache,
-            )
-            if use_cache:
-                new_kv.append(kv)
-        x = self.ln_f(x)  # (B, T, d_model)
-        logits = self.lm_head(x)  # (B, T, vocab_size)
+            layer_cache = None if kv_cache is None else kv_cache[i]
+            x = block(x, key_padding_mask=attention_mask, is_causal=True, kv_cache=layer_cache)
+        h = self.ln_f(x)  # (B, T, d_model)
+        logits = self.lm_head(h)  # (B, T, vocab_size)
 
         loss = None
         if targets is not None:
             if targets.shape != idx.shape:
                 raise ValueError(f"targets shape {tuple(targets.shape)} != idx shape {tuple(idx.shape)}")
             loss = lm_loss(logits, targets)
-        return GPTOutput(logits, loss, new_kv)
+        return ModelOutput(logits, loss, h, kv_cache)

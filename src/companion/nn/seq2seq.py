@@ -7,7 +7,6 @@ every block, cross-attends to the encoder output. Learned positions, pre-LN by d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -20,6 +19,7 @@ from companion.nn.blocks import (
     check_token_ids,
 )
 from companion.nn.gpt import init_gpt_weights
+from companion.nn.output import ModelOutput
 from companion.training.objectives import lm_loss
 
 
@@ -60,15 +60,8 @@ class EncoderDecoderConfig:
         )
 
 
-class Seq2SeqOutput(NamedTuple):
-    """What EncoderDecoder.forward returns."""
-
-    logits: torch.Tensor  # (B, T_tgt, tgt_vocab_size)
-    loss: torch.Tensor | None
-
-
 class EncoderDecoder(nn.Module):
-    """Source ids (B, S) and target ids (B, T) -> next-target-token logits (B, T, tgt_vocab_size)."""
+    """Source ids (B, S) and decoder input ids (B, T) -> next-target-token logits (B, T, tgt_vocab_size)."""
 
     def __init__(self, config: EncoderDecoderConfig):
         super().__init__()
@@ -100,50 +93,81 @@ class EncoderDecoder(nn.Module):
         pos = torch.arange(ids.shape[1], device=ids.device)  # (T,)
         return self.drop(emb(ids) + self.pos_emb(pos))  # (B, T, d_model)
 
-    def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """src_ids (B, S), src_mask (B, S) 1 = real token -> memory (B, S, d_model)."""
+    def encode(self, idx: torch.Tensor, *, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Source ids idx (B, S), attention_mask (B, S) 1 = real token -> memory (B, S, d_model)."""
         c = self.config
-        check_token_ids(src_ids, c.src_vocab_size, name="source token id")
-        check_length(src_ids.shape[1], c.block_size)
-        check_padding_mask(src_mask, *src_ids.shape, "src_mask")
-        x = self._embed(self.src_emb, src_ids)
+        check_token_ids(idx, c.src_vocab_size, name="source token id")
+        check_length(idx.shape[1], c.block_size)
+        check_padding_mask(attention_mask, *idx.shape, "attention_mask")
+        x = self._embed(self.src_emb, idx)
         for block in self.encoder_blocks:
-            x, _ = block(x, key_padding_mask=src_mask)
+            x = block(x, key_padding_mask=attention_mask)
         return self.ln_enc(x)  # (B, S, d_model)
+
+    def _decoder_hidden(
+        self,
+        decoder_idx: torch.Tensor,
+        memory: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        decoder_attention_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """decoder_idx (B, T), memory (B, S, d_model) -> the decoder's final hidden states (B, T, d_model)."""
+        c = self.config
+        check_token_ids(decoder_idx, c.tgt_vocab_size, name="target token id")
+        check_length(decoder_idx.shape[1], c.block_size)
+        check_padding_mask(decoder_attention_mask, *decoder_idx.shape, "decoder_attention_mask")
+        x = self._embed(self.tgt_emb, decoder_idx)
+        for block in self.decoder_blocks:
+            x = block(
+                x,
+                context=memory,
+                key_padding_mask=decoder_attention_mask,
+                is_causal=True,
+                context_padding_mask=attention_mask,
+            )
+        return self.ln_dec(x)  # (B, T, d_model)
 
     def decode(
         self,
-        tgt_ids: torch.Tensor,
+        decoder_idx: torch.Tensor,
         memory: torch.Tensor,
-        src_mask: torch.Tensor | None = None,
-        tgt_mask: torch.Tensor | None = None,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """tgt_ids (B, T), memory (B, S, d_model) -> logits (B, T, tgt_vocab_size)."""
-        c = self.config
-        check_token_ids(tgt_ids, c.tgt_vocab_size, name="target token id")
-        check_length(tgt_ids.shape[1], c.block_size)
-        check_padding_mask(tgt_mask, *tgt_ids.shape, "tgt_mask")
-        x = self._embed(self.tgt_emb, tgt_ids)
-        for block in self.decoder_blocks:
-            x, _ = block(x, context=memory, key_padding_mask=tgt_mask, is_causal=True, context_padding_mask=src_mask)
-        return self.lm_head(self.ln_dec(x))  # (B, T, tgt_vocab_size)
+        """decoder_idx (B, T), memory (B, S, d_model) -> logits (B, T, tgt_vocab_size).
+
+        attention_mask: (B, S) the source's padding mask; decoder_attention_mask: (B, T) the target's.
+        """
+        h = self._decoder_hidden(decoder_idx, memory, attention_mask, decoder_attention_mask)
+        return self.lm_head(h)  # (B, T, tgt_vocab_size)
 
     def forward(
         self,
-        src_ids: torch.Tensor,
-        tgt_ids: torch.Tensor,
-        src_mask: torch.Tensor | None = None,
-        tgt_mask: torch.Tensor | None = None,
+        idx: torch.Tensor,
         targets: torch.Tensor | None = None,
-    ) -> Seq2SeqOutput:
-        """Teacher forcing: logits at target position t predict targets[:, t] (ignore_index=-100)."""
-        if src_ids.shape[0] != tgt_ids.shape[0]:
-            raise ValueError(f"batch sizes differ: src {src_ids.shape[0]}, tgt {tgt_ids.shape[0]}")
-        memory = self.encode(src_ids, src_mask)  # (B, S, d_model)
-        logits = self.decode(tgt_ids, memory, src_mask, tgt_mask)  # (B, T, tgt_vocab_size)
+        *,
+        decoder_idx: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """Teacher forcing: source idx (B, S) and decoder input decoder_idx (B, T) -> ModelOutput.
+
+        decoder_idx: the target sequence shifted right (<bos> first); the logits at position t
+            predict targets[:, t], the target token after decoder_idx[:, t] (-100 is ignored).
+        attention_mask: (B, S) source padding, 1 = real token; decoder_attention_mask: (B, T).
+        Returns logits (B, T, tgt_vocab_size), the loss, and the decoder's hidden states (B, T, d_model).
+        """
+        if idx.shape[0] != decoder_idx.shape[0]:
+            raise ValueError(f"batch sizes differ: idx {idx.shape[0]}, decoder_idx {decoder_idx.shape[0]}")
+        memory = self.encode(idx, attention_mask=attention_mask)  # (B, S, d_model)
+        h = self._decoder_hidden(decoder_idx, memory, attention_mask, decoder_attention_mask)  # (B, T, d_model)
+        logits = self.lm_head(h)  # (B, T, tgt_vocab_size)
         loss = None
         if targets is not None:
-            if targets.shape != tgt_ids.shape:
-                raise ValueError(f"targets shape {tuple(targets.shape)} != tgt_ids shape {tuple(tgt_ids.shape)}")
+            if targets.shape != decoder_idx.shape:
+                raise ValueError(
+                    f"targets shape {tuple(targets.shape)} != decoder_idx shape {tuple(decoder_idx.shape)}"
+                )
             loss = lm_loss(logits, targets)
-        return Seq2SeqOutput(logits, loss)
+        return ModelOutput(logits, loss, h)

@@ -147,7 +147,7 @@ def fit_classifier(
 
     def batch_loss(idx: Tensor) -> Tensor:
         ids, mask = pad_batch([seqs[i] for i in idx.tolist()], pad_id)  # (B, T) each
-        return model(ids, mask, y[idx]).loss
+        return model(ids, y[idx], attention_mask=mask).loss
 
     return fit(model, batch_loss, len(seqs), cfg, head=model.head)
 
@@ -169,7 +169,7 @@ def _batched(fn: Callable[[Tensor, Tensor], Tensor], seqs: Sequence[Sequence[int
 def predict_logits(model: SequenceClassifier, seqs: Sequence[Sequence[int]], batch_size: int = 256) -> Tensor:
     """Logits (N, n_classes) of a classifier in eval mode."""
     model.eval()
-    return _batched(lambda ids, mask: model(ids, mask).logits, seqs, batch_size)
+    return _batched(lambda ids, mask: model(ids, attention_mask=mask).logits, seqs, batch_size)
 
 
 def pooled_features(model: SequenceClassifier, seqs: Sequence[Sequence[int]], batch_size: int = 256) -> Tensor:

@@ -6,16 +6,14 @@ and data parallelism (DDP) when it runs under `torchrun` (see `companion.trainin
     history = train(model, train_ids, val_ids, cfg)            # next-token prediction
     history = train(encoder, train_ids, val_ids, cfg, objective=MaskedLM(mask_id, vocab_size))
 
-`model(inputs, targets)` must return an object with `.loss` (or a tuple whose second item is
-the loss, or logits from which the loss is computed).
+`model(inputs, targets)` must return an object with `.loss`, as every model of the package does
+(`companion.nn.ModelOutput`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import inspect
 import math
 import time
 import warnings
@@ -30,7 +28,7 @@ from torch import nn
 from companion.training.batching import BlockSampler, as_token_tensor
 from companion.training.checkpoint import load_checkpoint, read_meta, rng_state, save_checkpoint, set_rng_state
 from companion.training.history import History
-from companion.training.objectives import Objective, lm_loss, resolve_objective
+from companion.training.objectives import Objective, resolve_objective
 from companion.training.optim import OPTIMIZERS, make_optimizer, param_groups  # noqa: F401 (re-exported)
 from companion.training.schedule import lr_at
 from companion.utils import get_device, set_seed
@@ -116,27 +114,14 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def target_keyword(model: nn.Module) -> str | None:
-    """The name under which `model.forward` takes targets: "targets" (GPT), "labels" (HF, BERT)."""
-    return _target_keyword(type(unwrap(model)))
-
-
-@functools.cache
-def _target_keyword(cls: type) -> str | None:
-    params = inspect.signature(cls.forward).parameters
-    return next((name for name in ("targets", "labels") if name in params), None)
-
-
 def model_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Call `model(inputs, targets=...)` and return the scalar loss it reports (or compute it)."""
-    key = target_keyword(model)
-    out = model(inputs, **{key: targets}) if key else model(inputs, targets)
-    loss = getattr(out, "loss", None)
-    if loss is None and isinstance(out, tuple) and len(out) > 1 and isinstance(out[1], torch.Tensor):
-        loss = out[1]
+    """The scalar loss `model(inputs, targets).loss` (ValueError if the model reports none)."""
+    loss = getattr(model(inputs, targets), "loss", None)
     if loss is None:
-        logits = getattr(out, "logits", out[0] if isinstance(out, tuple) else out)
-        loss = lm_loss(logits, targets)
+        raise ValueError(
+            f"{type(unwrap(model)).__name__}(inputs, targets) returned no .loss: a model trained here must "
+            "compute its loss from the targets, as every companion model does (companion.nn.ModelOutput)"
+        )
     return loss
 
 
