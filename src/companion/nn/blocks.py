@@ -155,6 +155,25 @@ class TransformerBlock(nn.Module):
         return self._residual(x, self.ln_ffn, self.ffn)
 
 
+def block_stack(config: object, n_layers: int, *, cross_attention: bool = False) -> nn.ModuleList:
+    """`n_layers` TransformerBlocks with the width, heads, norm, dropout and activation of a model config."""
+    c = config
+    return nn.ModuleList(
+        TransformerBlock(
+            c.d_model,
+            c.n_heads,
+            c.d_ff,
+            dropout=c.dropout,
+            bias=c.bias,
+            norm=c.norm,
+            layer_norm_eps=c.layer_norm_eps,
+            activation=c.activation,
+            cross_attention=cross_attention,
+        )
+        for _ in range(n_layers)
+    )
+
+
 def check_token_ids(idx: torch.Tensor, vocab_size: int, name: str = "token id") -> None:
     """Raise a ValueError unless idx is a (B, T) integer tensor with values in [0, vocab_size).
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from companion.nn.blocks import (
-    TransformerBlock,
+    block_stack,
     check_length,
     check_padding_mask,
     check_shape_config,
@@ -74,19 +74,7 @@ class Encoder(nn.Module):
         post = c.norm == "post"
         self.ln_emb = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps, bias=c.bias) if post else nn.Identity()
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                c.d_model,
-                c.n_heads,
-                c.d_ff,
-                dropout=c.dropout,
-                bias=c.bias,
-                norm=c.norm,
-                layer_norm_eps=c.layer_norm_eps,
-                activation=c.activation,
-            )
-            for _ in range(c.n_layers)
-        )
+        self.blocks = block_stack(c, c.n_layers)
         self.ln_f = nn.Identity() if post else nn.LayerNorm(c.d_model, eps=c.layer_norm_eps, bias=c.bias)
         init_gpt_weights(self, n_residual_branches=1)  # BERT: plain N(0, 0.02) everywhere
 

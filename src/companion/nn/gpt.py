@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from companion.nn.blocks import (
-    TransformerBlock,
+    block_stack,
     check_length,
     check_padding_mask,
     check_shape_config,
@@ -79,19 +79,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
         self.pos_emb = nn.Embedding(c.block_size, c.d_model)
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                c.d_model,
-                c.n_heads,
-                c.d_ff,
-                dropout=c.dropout,
-                bias=c.bias,
-                norm=c.norm,
-                layer_norm_eps=c.layer_norm_eps,
-                activation=c.activation,
-            )
-            for _ in range(c.n_layers)
-        )
+        self.blocks = block_stack(c, c.n_layers)
         # pre-LN leaves the residual stream un-normalised, so one last LayerNorm precedes the head
         self.ln_f = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps, bias=c.bias) if c.norm == "pre" else nn.Identity()
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from companion.nn.blocks import (
-    TransformerBlock,
+    block_stack,
     check_length,
     check_padding_mask,
     check_shape_config,
@@ -66,18 +66,12 @@ class EncoderDecoder(nn.Module):
     def __init__(self, config: EncoderDecoderConfig):
         super().__init__()
         self.config = c = config
-        kw = dict(dropout=c.dropout, bias=c.bias, norm=c.norm, layer_norm_eps=c.layer_norm_eps, activation=c.activation)
         self.src_emb = nn.Embedding(c.src_vocab_size, c.d_model)
         self.tgt_emb = nn.Embedding(c.tgt_vocab_size, c.d_model)
         self.pos_emb = nn.Embedding(c.block_size, c.d_model)  # shared by both sides
         self.drop = nn.Dropout(c.dropout)
-        self.encoder_blocks = nn.ModuleList(
-            TransformerBlock(c.d_model, c.n_heads, c.d_ff, **kw) for _ in range(c.n_encoder_layers)
-        )
-        self.decoder_blocks = nn.ModuleList(
-            TransformerBlock(c.d_model, c.n_heads, c.d_ff, cross_attention=True, **kw)
-            for _ in range(c.n_decoder_layers)
-        )
+        self.encoder_blocks = block_stack(c, c.n_encoder_layers)
+        self.decoder_blocks = block_stack(c, c.n_decoder_layers, cross_attention=True)
 
         def final_ln() -> nn.Module:
             return nn.LayerNorm(c.d_model, eps=c.layer_norm_eps, bias=c.bias) if c.norm == "pre" else nn.Identity()
