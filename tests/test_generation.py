@@ -474,3 +474,26 @@ def test_packed_copy_computes_what_the_model_computes_and_leaves_it_alone(tiny_g
             generate(fast, [1, 2, 3], 6, temperature=0, use_cache=use_cache),
             generate(tiny_gpt, [1, 2, 3], 6, temperature=0, use_cache=use_cache),
         )
+
+
+class _Banned(torch.nn.Module):
+    """A model wrapper whose logits of the token ids `banned` are -inf (constrained decoding)."""
+
+    def __init__(self, model: torch.nn.Module, banned: list[int]):
+        super().__init__()
+        self.model, self.config, self.banned = model, model.config, torch.tensor(banned)
+
+    def forward(self, idx, **kwargs):
+        out = self.model(idx, **kwargs)
+        return out._replace(logits=out.logits.index_fill(-1, self.banned, float("-inf")))
+
+
+def test_minus_inf_logits_ban_tokens_but_a_row_of_only_minus_inf_is_an_error(tiny_gpt):
+    free = generate(tiny_gpt, [1, 2, 3], 12, temperature=0)
+    top = sorted(set(free[3:].tolist()))
+    banned = generate(_Banned(tiny_gpt, top), [1, 2, 3], 12, temperature=0.8, top_k=5, seed=0)
+    assert not set(banned[3:].tolist()) & set(top)  # the banned tokens never appear
+    greedy = generate(_Banned(tiny_gpt, top), [1, 2, 3], 12, temperature=0)
+    assert not set(greedy[3:].tolist()) & set(top)
+    with pytest.raises(ValueError, match="no finite logit"):
+        generate(_Banned(tiny_gpt, list(range(61))), [1, 2, 3], 2, temperature=0)

@@ -119,12 +119,17 @@ def sample_next_token(
 
 
 def _check_finite(logits: Tensor, step: int | None = None) -> None:
-    """Raise a ValueError if any logit is NaN or infinite (argmax and softmax would silently garble them)."""
-    if not bool(torch.isfinite(logits).all()):
+    """Raise a ValueError on NaN or +inf logits, or on a row with no finite logit.
+
+    A logit of -inf is allowed: it bans a token (probability 0), as top-k, top-p and a caller's own
+    mask of unwanted tokens do; but a row must keep at least one finite logit to choose from.
+    """
+    bad = torch.isnan(logits) | (logits == float("inf"))
+    if bool(bad.any()) or not bool(torch.isfinite(logits).any(dim=-1).all()):
         where = "" if step is None else f" at generation step {step}"
         raise ValueError(
-            f"the model produced non-finite logits (NaN or inf){where}: its weights or inputs "
-            "have diverged; decoding them would emit arbitrary tokens"
+            f"the model produced NaN or +inf logits, or a row with no finite logit{where}: its weights or "
+            "inputs have diverged (or every token was masked); decoding them would emit arbitrary tokens"
         )
 
 
@@ -186,8 +191,9 @@ def generate(
     rows; the result has the same number of dimensions, (T + n,) or (B, T + n).
     ``temperature == 0`` is greedy; otherwise tokens are sampled as in `sample_next_token`,
     with a private ``torch.Generator`` seeded by `seed` (``None``: PyTorch's global RNG). A very
-    small temperature behaves as greedy decoding (ties shared); NaN or infinite logits from the
-    model raise ``ValueError`` rather than decoding to arbitrary tokens.
+    small temperature behaves as greedy decoding (ties shared); NaN or +inf logits from the model,
+    or a row whose logits are all -inf, raise ``ValueError`` rather than decoding to arbitrary
+    tokens (a -inf logit on its own just bans that token).
 
     With ``use_cache=True`` the prompt is run through the model once and each new token costs
     one forward pass over a single position, reusing the cached keys and values (a preallocated
