@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from companion.text.tokenization import rank_words
+from companion.training.loop import run_steps
 
 
 @dataclass
@@ -191,32 +192,31 @@ def _train(sentences: Sequence[Sequence[str]], cfg: Word2VecConfig, verbose: boo
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     else:
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
-    epochs_pairs, losses = [], []
+    batches = []  # (centres, contexts), each (B,): every epoch's pairs, shuffled, cut into batches
     for _ in range(cfg.epochs):
         keep = torch.rand(ids_t.numel(), generator=g, dtype=torch.float64) < keep_prob[ids_t]
         centres, contexts = skipgram_pairs(ids_t[keep], sent_t[keep], cfg.window, g)
         perm = torch.randperm(centres.numel(), generator=g)
-        epochs_pairs.append((centres[perm], contexts[perm]))
-    total_steps = sum((c.numel() + cfg.batch_size - 1) // cfg.batch_size for c, _ in epochs_pairs)
-    if total_steps == 0:
+        batches += zip(centres[perm].split(cfg.batch_size), contexts[perm].split(cfg.batch_size), strict=True)
+    if not batches:
         raise ValueError("no training pairs: the sentences are too short for the window")
-    step, start = 0, time.perf_counter()
-    for centres, contexts in epochs_pairs:
-        for b in range(0, centres.numel(), cfg.batch_size):
-            c, o = centres[b : b + cfg.batch_size], contexts[b : b + cfg.batch_size]  # (B,), (B,)
-            neg = torch.multinomial(noise, c.numel() * cfg.n_negatives, replacement=True, generator=g).view(
-                -1, cfg.n_negatives
-            )  # (B, K)
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * (1 - step / total_steps)
-            loss = model(c, o, neg)
-            opt.zero_grad(set_to_none=True)
-            (loss * c.numel() if cfg.optimizer == "sgd" else loss).backward()
-            opt.step()
-            losses.append(loss.item())
-            step += 1
-            if verbose and step % 200 == 0:
-                print(f"step {step}/{total_steps} loss {loss.item():.3f} ({time.perf_counter() - start:.1f} s)")
+    summed = cfg.optimizer == "sgd"  # word2vec's SGD rate is per pair: differentiate the batch's summed loss
+
+    def batch_loss(step: int) -> Tensor:
+        c, o = batches[step]  # (B,), (B,)
+        neg = torch.multinomial(noise, c.numel() * cfg.n_negatives, replacement=True, generator=g)
+        loss = model(c, o, neg.view(-1, cfg.n_negatives))  # the mean over the batch's pairs; neg (B, K)
+        return loss * c.numel() if summed else loss
+
+    start = time.perf_counter()
+
+    def report(step: int, loss: float) -> None:
+        if verbose and step % 200 == 0:
+            print(f"step {step}/{len(batches)} loss {loss:.3f} ({time.perf_counter() - start:.1f} s)")
+
+    losses = run_steps(opt, batch_loss, len(batches), lambda step: cfg.lr * (1 - step / len(batches)), callback=report)
+    if summed:
+        losses = [loss / c.numel() for loss, (c, _) in zip(losses, batches, strict=True)]
     weight = model.in_embed.weight
     if cfg.add_context_vectors:
         weight = weight + model.out_embed.weight

@@ -1,6 +1,7 @@
 """Training (chapters 5-6, 8): the loop and everything it needs.
 
-* `trainer`     the one training loop: clipping, gradient accumulation, checkpoints, resume
+* `loop`        one optimisation step (schedule, clip, step) and the loop over in-memory batches
+* `trainer`     the loop over a token stream: evaluation, accumulation, checkpoints, resume, DDP
 * `schedule`    the learning-rate schedule (warm-up, then cosine decay)
 * `evaluation`  validation loss on fixed batches or over a whole text
 * `batching`    random contiguous windows of a token stream, with a resumable data position

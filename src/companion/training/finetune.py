@@ -5,14 +5,15 @@ A classifier (`companion.nn.classifier.SequenceClassifier`) puts a *head* on a p
 $z$. *Full fine-tuning* updates body and head (the body with a small learning rate, so that it
 stays near what pre-training found); *freezing* the body sets ``requires_grad=False`` on its
 parameters, so their gradients are never computed and only the head learns (a linear probe).
-`fit` is the supervised loop used for classification and for the sequence-to-sequence task: it
-shares the learning-rate schedule (`companion.training.schedule`) and the parameter groups
-(`companion.training.optim`) of `companion.training.trainer.train`.
+`fit` runs classification and the sequence-to-sequence task through the package's loop over
+in-memory batches (`companion.training.loop.run_steps`), with the learning-rate schedule
+(`companion.training.schedule`) and the parameter groups (`companion.training.optim`) of
+`companion.training.trainer.train`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from companion.analysis.metrics import check_labels
 from companion.nn.classifier import SequenceClassifier
 from companion.text.tokenization import WordTokenizer, pad_batch
+from companion.training.loop import run_steps
 from companion.training.optim import param_groups
 from companion.training.schedule import lr_at
 
@@ -106,34 +108,32 @@ def fit(
     """Minimise `batch_loss(indices)` over shuffled mini-batches of range(n_examples) for cfg.steps steps.
 
     Each epoch visits the examples in a new random order (seeded by cfg.seed); a batch is
-    `cfg.batch_size` indices (fewer at the end of an epoch). Returns the training loss per step.
+    `cfg.batch_size` indices (fewer at the end of an epoch). The steps go through
+    `companion.training.loop.run_steps`. Returns the training loss per step.
     """
     if n_examples < 1:
         raise ValueError("the training set is empty: nothing to fine-tune on")
     optimizer = _optimizer(model, head, cfg)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     gen = torch.Generator().manual_seed(cfg.seed)
-    order, pos, losses = torch.randperm(n_examples, generator=gen), 0, []
+    batches = _epoch_batches(n_examples, cfg.batch_size, gen)
+
+    def schedule(step: int) -> float:
+        return lr_at(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps)
+
+    def step_loss(step: int) -> Tensor:
+        return batch_loss(next(batches))  # the next batch of the epoch (the step number is not needed)
+
     model.train()
-    for step in range(cfg.steps):
-        if pos >= n_examples:
-            order, pos = torch.randperm(n_examples, generator=gen), 0
-        idx = order[pos : pos + cfg.batch_size]
-        pos += cfg.batch_size
-        factor = lr_at(step, lr=1.0, warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps)  # the schedule, peak 1
-        for g in optimizer.param_groups:
-            g["lr"] = cfg.lr * g["lr_scale"] * factor  # each group's peak rate, scheduled
-        loss = batch_loss(idx)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        losses.append(loss.item())
-        if callback is not None:
-            callback(step + 1, losses[-1])
+    losses = run_steps(optimizer, step_loss, cfg.steps, schedule, grad_clip=cfg.grad_clip, callback=callback)
     model.eval()
     return losses
+
+
+def _epoch_batches(n_examples: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
+    """Index batches, forever: each epoch a fresh permutation of range(n_examples), cut into batches."""
+    while True:
+        order = torch.randperm(n_examples, generator=gen)
+        yield from order.split(batch_size)
 
 
 def fit_classifier(

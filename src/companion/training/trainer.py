@@ -1,6 +1,8 @@
-"""One training loop for every chapter: AdamW, warm-up + cosine schedule, clipping, evaluation,
-progress bar, checkpoints that resume exactly, a clean stop on Ctrl-C, gradient accumulation,
-and data parallelism (DDP) when it runs under `torchrun` (see `companion.training.distributed`).
+"""The training loop over a token stream (pre-training, chapters 5-7): AdamW or Muon, warm-up +
+cosine schedule, clipping, evaluation, progress bar, checkpoints that resume exactly, a clean stop
+on Ctrl-C, gradient accumulation, and data parallelism (DDP) when it runs under `torchrun` (see
+`companion.training.distributed`). Its step is the package's one step (`companion.training.loop`:
+`set_lr`, `clip_and_check`); runs over examples held in memory use `loop.run_steps`.
 
     cfg = TrainConfig(steps=2000, batch_size=12, block_size=64, lr=1e-3)
     history = train(model, train_ids, val_ids, cfg)            # next-token prediction
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from torch import nn
 from companion.training.batching import BlockSampler, as_token_tensor
 from companion.training.checkpoint import load_checkpoint, read_meta, rng_state, save_checkpoint, set_rng_state
 from companion.training.history import History
+from companion.training.loop import clip_and_check, set_lr
 from companion.training.objectives import Objective, resolve_objective
 from companion.training.optim import OPTIMIZERS, make_optimizer, param_groups  # noqa: F401 (re-exported)
 from companion.training.schedule import lr_at
@@ -304,8 +306,7 @@ def train(
         while step < cfg.steps:
             t_step = time.perf_counter()
             lr = lr_at(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, decay_steps=decay_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's matrices: muon_lr / lr
+            set_lr(optimizer, lr)  # each group at lr * its lr_scale (Muon's matrices: muon_lr / lr)
             x, y = obj(sampler.next(), sampler.generator)  # (B, T) each: the global batch
             optimizer.zero_grad(set_to_none=True)
             loss_sum = None
@@ -322,16 +323,8 @@ def train(
             if world_size > 1:  # the mean loss over the global batch, for the history
                 torch.distributed.all_reduce(loss_sum)
                 loss_sum /= world_size
-            norm = (
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if cfg.grad_clip > 0
-                else torch.tensor(float("nan"))
-            )
             loss_value = loss_sum.item()
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"loss is {loss_value} at step {step + 1}: lower lr (now {lr:.2e}) or check the data and model"
-                )
+            norm = clip_and_check(model.parameters(), cfg.grad_clip, loss_value, step, lr)
             updating = True  # from here until `updating = False` the state is not saveable
             optimizer.step()
             history.step.append(step + 1)
