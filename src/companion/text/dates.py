@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from companion.text.tokenization import pad_batch
+from companion.text.tokenization import CharTokenizer, pad_batch
 
 MONTHS = (
     "January",
@@ -144,46 +144,30 @@ def make_date_pairs(n_train: int, n_test: int, seed: int = 0, styles: Sequence[s
     return DatePairs(pairs[:n_train], pairs[n_train:])
 
 
-class CharVocab:
-    """Character vocabulary with three special ids: <pad> = 0, <bos> = 1, <eos> = 2."""
+class CharVocab(CharTokenizer):
+    """A `CharTokenizer` whose specials frame sequences: <pad> = 0, <bos> = 1, <eos> = 2."""
 
-    specials = (PAD, BOS, EOS)
+    pad_id, bos_id, eos_id = 0, 1, 2
 
-    def __init__(self, chars: Iterable[str]):
-        chars = sorted(set(chars))
-        if not chars or any(len(c) != 1 for c in chars):
-            raise ValueError("CharVocab needs a non-empty set of single characters")
-        self.itos: list[str] = list(self.specials) + chars
-        self.stoi: dict[str, int] = {c: i for i, c in enumerate(self.itos)}
-        self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
-
-    def __len__(self) -> int:
-        return len(self.itos)
+    def __init__(self, chars: Iterable[str], specials: Sequence[str] = (PAD, BOS, EOS)):
+        if tuple(specials) != (PAD, BOS, EOS):
+            raise ValueError(f"CharVocab's specials are {(PAD, BOS, EOS)}, got {tuple(specials)}")
+        super().__init__(chars, specials)
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
         """Characters -> ids, optionally wrapped in <bos> ... <eos>; unknown characters raise."""
-        ids = []
-        for pos, ch in enumerate(text):
-            if ch not in self.stoi or ch in self.specials:
-                raise ValueError(f"character {ch!r} at position {pos} of {text!r} is not in the vocabulary")
-            ids.append(self.stoi[ch])
-        return [self.bos_id] * bos + ids + [self.eos_id] * eos
+        return [self.bos_id] * bos + super().encode(text) + [self.eos_id] * eos
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text, skipping <pad>/<bos> and stopping at the first <eos>."""
-        out = []
+        kept = []
         for i in ids:
             i = int(i)
-            if not 0 <= i < len(self.itos):
-                raise ValueError(f"id {i} is outside the vocabulary of {len(self.itos)} ids")
             if i == self.eos_id:
                 break
             if i not in (self.pad_id, self.bos_id):
-                out.append(self.itos[i])
-        return "".join(out)
-
-    def __repr__(self) -> str:
-        return f"CharVocab({len(self)} ids)"
+                kept.append(i)
+        return super().decode(kept)
 
 
 def date_vocabs() -> tuple[CharVocab, CharVocab]:

@@ -97,21 +97,31 @@ def _describe(ch: str) -> str:
 
 
 class CharTokenizer:
-    """Character-level tokenizer: the sorted set of characters of a text is the vocabulary."""
+    """Character-level tokenizer: the sorted set of characters of a text is the vocabulary.
 
-    def __init__(self, text: str | Iterable[str]):
-        chars = sorted(set(text))
+    `specials` (names such as "<pad>") take the first ids, before the characters; encoding never
+    produces them (a text is characters only) and decoding writes them by name.
+    """
+
+    def __init__(self, text: str | Iterable[str], specials: Sequence[str] = ()):
+        chars = sorted(set(text) - set(specials))
         if not chars:
             raise ValueError("cannot build a CharTokenizer from an empty text")
         if any(len(c) != 1 for c in chars):
             raise ValueError("CharTokenizer expects a string or an iterable of single characters")
-        self.chars: list[str] = chars
-        self.stoi: dict[str, int] = {c: i for i, c in enumerate(chars)}
+        if len(set(specials)) != len(specials) or any(len(s) < 2 for s in specials):
+            raise ValueError(f"specials must be distinct names of two or more characters, got {list(specials)}")
+        self.specials: tuple[str, ...] = tuple(specials)
+        self.chars: list[str] = list(specials) + chars  # id -> symbol
+        self.stoi: dict[str, int] = {c: i for i, c in enumerate(self.chars)}
 
     @property
     def vocab_size(self) -> int:
-        """Number of distinct characters."""
+        """Number of ids: the specials and the distinct characters."""
         return len(self.chars)
+
+    def __len__(self) -> int:
+        return self.vocab_size
 
     def encode(self, text: str) -> list[int]:
         """String -> list of ids; a character outside the vocabulary raises ValueError."""
@@ -139,10 +149,9 @@ class CharTokenizer:
         return "".join(out)
 
     def save(self, path: str | Path) -> None:
-        """Write the alphabet to a JSON file."""
-        Path(path).write_text(
-            json.dumps({"format": "companion-char", "chars": self.chars}, ensure_ascii=False), encoding="utf-8"
-        )
+        """Write the alphabet (and the specials' names) to a JSON file."""
+        data = {"format": "companion-char", "chars": self.chars[len(self.specials) :], "specials": list(self.specials)}
+        Path(path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:
@@ -150,10 +159,10 @@ class CharTokenizer:
         data = read_json(path, "tokenizer file")
         if not isinstance(data, dict) or data.get("format") != "companion-char" or "chars" not in data:
             raise ValueError(f"{path} is not a companion-char JSON file")
-        return cls(data["chars"])
+        return cls(data["chars"], specials=tuple(data.get("specials", ())))
 
     def __repr__(self) -> str:
-        return f"CharTokenizer(vocab_size={self.vocab_size})"
+        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
 
 
 class WordTokenizer:
