@@ -12,11 +12,19 @@ itself, so the book test never depends on this shortcut for correctness.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+
+# The package lowers PyTorch's thread count while other processes keep the CPUs busy
+# (companion.threads); reductions then add in another order and the last digits change. The suite
+# pins the count to the CPUs available, so that its results never depend on the machine's load
+# (notebook kernels inherit it); tests/test_threads.py tests the policy itself.
+if "COMPANION_THREADS" not in os.environ:
+    os.environ["COMPANION_THREADS"] = str(len(os.sched_getaffinity(0)))
 
 
 def book_output_dir(config: pytest.Config) -> Path:

@@ -41,6 +41,7 @@ import sys
 import torch
 
 from companion.analysis.attention_cost import ATTENTION_PATHS, attention_call, attention_cost, attention_inputs
+from companion.threads import policy as thread_policy
 
 PATHS = ATTENTION_PATHS
 
@@ -144,7 +145,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--causal", action="store_true", help="causal attention (is_causal=True)")
     p.add_argument("--repeats", type=int, default=5, help="timing rounds; the best is reported")
     p.add_argument("--min-time", type=float, default=0.2, help="seconds of calls per length (small L loops)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="fixed CPU threads (default: companion.threads)",
+    )
     p.add_argument("--rss", action="store_true", help="also measure peak RSS growth in subprocesses")
     p.add_argument("--json", metavar="OUT", help="write the results to this JSON file")
     p.add_argument("--_rss-child", nargs=2, metavar=("PATH", "L"), help=argparse.SUPPRESS)
@@ -157,7 +163,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        thread_policy.fix(args.threads)
     if args._rss_child:
         _rss_child(args, args._rss_child[0], int(args._rss_child[1]))
         return

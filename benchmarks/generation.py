@@ -43,6 +43,7 @@ from companion.inference.generation import generate
 from companion.inference.packing import packed_for_inference
 from companion.interop.hf import gpt_to_hf
 from companion.nn import GPT, GPTConfig
+from companion.threads import policy as thread_policy
 from companion.utils import cpu_info, describe_cpu
 
 
@@ -177,11 +178,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--new-tokens", type=int, default=448)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-no-cache", action="store_true", help="skip the slow no-cache run")
-    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, help="fixed CPU threads (default: companion.threads)")
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        thread_policy.fix(args.threads)
     r = run(args.vocab_size, args.prompt_len, args.new_tokens, args.repeats, args.skip_no_cache)
     print_table(r)
     if args.json:

@@ -45,6 +45,7 @@ from companion.experiments import default_out
 from companion.nn import GPT, GPTConfig
 from companion.text.corpora import load_corpus
 from companion.text.tokenization import CharTokenizer
+from companion.threads import policy as thread_policy
 from companion.training.batching import get_batch
 from companion.training.optim import hidden_matrices, make_optimizer, newton_schulz
 from companion.training.trainer import TrainConfig, model_loss, precision_context
@@ -75,7 +76,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--target", type=float, default=1.89, help="validation loss to reach")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="fixed CPU threads (default: companion.threads)",
+    )
     p.add_argument(
         "--dtype",
         choices=("auto", "fp32", "bf16"),
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run every recipe for every seed, measure the per-step costs, write and return the JSON."""
     args = parse(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        thread_policy.fix(args.threads)
     ttq = load_time_to_quality()
     load_before, t0 = os.getloadavg(), time.perf_counter()
     runs = {name: [time_to_target(ttq, recipe, s, args) for s in args.seeds] for name, recipe in RECIPES.items()}

@@ -49,6 +49,7 @@ import torch
 from companion.nn import GPT, GPTConfig
 from companion.text.corpora import load_corpus
 from companion.text.tokenization import CharTokenizer
+from companion.threads import policy as thread_policy
 from companion.training.evaluation import evaluate_full
 from companion.training.trainer import History, TrainConfig, train
 from companion.utils import cpu_info, describe_cpu
@@ -91,7 +92,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True, help="fused AdamW")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="fixed CPU threads (default: companion.threads)",
+    )
     p.add_argument("--eval-interval", type=int, default=50)
     p.add_argument("--eval-steps", type=int, default=8, help="batches of the cheap estimate")
     p.add_argument(
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Train until the full validation loss reaches the target; print and return the figures."""
     args = parse(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        thread_policy.fix(args.threads)
     load_before = os.getloadavg()
     t0, c0 = time.perf_counter(), time.process_time()
     text = open(args.text, encoding="utf-8").read() if args.text else load_corpus("shakespeare")
@@ -187,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         "step": reached.get("step"),
         "full_val_loss": reached.get("full_val_loss"),
         "total_s": total,
+        "total_cpu_s": time.process_time() - c0,
         "tokens_seen": tokens,
         "train_tokens_per_s": tokens / total,
         "checks": checks,

@@ -34,6 +34,7 @@ import torch
 from companion.nn import GPT, GPTConfig
 from companion.text.corpora import load_corpus
 from companion.text.tokenization import CharTokenizer
+from companion.threads import policy as thread_policy
 from companion.training.trainer import TrainConfig, train
 from companion.utils import cpu_info, describe_cpu
 
@@ -119,12 +120,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=100, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps per mode (the first one compiles)")
     p.add_argument("--batch-size", type=int, default=12)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="fixed CPU threads (default: companion.threads)",
+    )
     p.add_argument("--text", metavar="FILE", help="a text file instead of companion's Shakespeare")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     args = p.parse_args(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        thread_policy.fix(args.threads)
     ids, vocab = load_ids(args.text)
     load_before = os.getloadavg()
     results = []

@@ -11,11 +11,15 @@ every chapter to its modules):
 * `companion.analysis`    metrics, probes, interpretability, efficiency         (chapters 3, 8-9)
 * `companion.interop`     weights to and from Hugging Face `transformers`
 * `companion.experiments` the long runs whose committed JSON the chapters plot
+* `companion.threads`     how many CPU threads PyTorch uses on a shared machine (set on import)
 
 Each module holds one concept; the chapter notebooks import them.
 """
 
+from companion.threads import policy as _thread_policy
 from companion.utils import get_device, set_seed
+
+_thread_policy.check(force=True)  # threads = the CPUs really free to us (companion.threads)
 
 __version__ = "0.1.0"
 __all__ = ["get_device", "set_seed", "__version__"]

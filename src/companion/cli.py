@@ -149,7 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16 autocast is faster on CPUs and GPUs with bf16 units",
     )
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
-    run.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="fixed CPU threads (default: companion.threads)",
+    )
     run.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches, dropout")
     run.add_argument("--out", metavar="DIR", default="runs/gpt", help="output folder")
     run.add_argument(
@@ -218,7 +223,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from companion.training.trainer import TrainConfig, train
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        from companion.threads import policy as thread_policy
+
+        thread_policy.fix(args.threads)
     device, rank = _init_distributed(args.device)
     if not 0.0 < args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")

@@ -26,6 +26,7 @@ import torch
 
 from companion.text.corpora import load_corpus
 from companion.text.tokenization import CharTokenizer
+from companion.threads import policy as thread_policy
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -55,7 +56,12 @@ def experiment_parser(module: str, name: str, description: str, presets: Iterabl
         default=None,
         help=f"JSON to write (default: ./{name}_<preset>.json; the committed result is replaced only when named here)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="fixed CPU threads (default: companion.threads)",
+    )
     return parser
 
 
@@ -64,7 +70,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        thread_policy.fix(args.threads)
     return args, " ".join([parser.prog, *argv])
 
 

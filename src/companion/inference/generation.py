@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from companion.nn.kv_cache import KVCache
+from companion.threads import policy as thread_policy
 
 __all__ = [
     "generate",
@@ -256,6 +257,7 @@ def generate(
                 cache = KVCache.for_model(model, B, min(block_size, T0 + max_new_tokens - 1))
             logits = model(idx, kv_cache=cache).logits[:, -1, :]  # (B, V)
             for step in range(max_new_tokens):
+                thread_policy.check()  # fewer threads while other processes keep the CPUs busy
                 _check_finite(logits, step)
                 nxt = _sample(logits, temperature, top_k, top_p, generator)  # (B, 1)
                 if finished is not None:

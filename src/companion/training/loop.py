@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from companion.threads import policy as thread_policy
+
 __all__ = ["clip_and_check", "run_steps", "set_lr"]
 
 
@@ -57,6 +59,7 @@ def run_steps(
     params = [p for g in optimizer.param_groups for p in g["params"]]
     losses = []
     for step in range(steps):
+        thread_policy.check()  # fewer threads while other processes keep the CPUs busy
         lr = schedule(step)
         set_lr(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)

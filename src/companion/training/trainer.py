@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from companion.threads import policy as thread_policy
 from companion.training.batching import BlockSampler, as_token_tensor
 from companion.training.checkpoint import load_checkpoint, read_meta, rng_state, save_checkpoint, set_rng_state
 from companion.training.history import History
@@ -171,13 +172,28 @@ def precision_context(device: torch.device, cfg: TrainConfig) -> contextlib.Exit
 
 
 def _progress(total: int, initial: int, enabled: bool):
-    """A progress bar: a widget in a notebook with ipywidgets, else a text bar (one live line)."""
+    """A progress bar: a widget in a notebook with ipywidgets, else a text bar (one live line).
+
+    When other processes already keep the CPUs busy, one line before the bar says so (the run
+    is slower than the book's figures) and the bar's description shows the threads used.
+    """
     if not enabled:
         return None
+    thread_policy.check(force=True)
+    busy = thread_policy.describe()
+    if busy is not None:
+        print(busy, flush=True)
     with warnings.catch_warnings():  # tqdm's advice to install ipywidgets: the text bar is fine
         warnings.filterwarnings("ignore", message="IProgress not found")
         from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=_bar_label(), dynamic_ncols=True)
+
+
+def _bar_label() -> str:
+    """The bar's description: "train", with the thread count while the CPUs are shared."""
+    if thread_policy.describe() is None:
+        return "train"
+    return f"train (CPUs shared: {torch.get_num_threads()} of {thread_policy.cpus} threads)"
 
 
 def train(
@@ -304,6 +320,7 @@ def train(
         if start == 0:
             run_eval(0)
         while step < cfg.steps:
+            thread_policy.check()  # fewer threads while other processes keep the CPUs busy
             t_step = time.perf_counter()
             lr = lr_at(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, decay_steps=decay_steps)
             set_lr(optimizer, lr)  # each group at lr * its lr_scale (Muon's matrices: muon_lr / lr)
@@ -344,6 +361,7 @@ def train(
                 post = {"loss": f"{loss_value:.4f}", "tok/s": f"{history.tokens_per_s[-1]:,.0f}"}
                 if history.val_loss:
                     post["val"] = f"{history.val_loss[-1]:.4f}"
+                bar.set_description(_bar_label(), refresh=False)
                 bar.set_postfix(post, refresh=False)
                 bar.update(step - bar.n)
             if callback is not None and callback(step, history):
