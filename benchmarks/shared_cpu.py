@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from companion.utils import describe_cpu
+
 HERE = Path(__file__).resolve().parent
 MODES = {"policy": None, "torch": "torch"}  # mode -> the COMPANION_THREADS value (None: unset)
 
@@ -40,6 +42,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=400, help="training steps of each copy")
     p.add_argument("--text", metavar="FILE", help="a text file instead of companion's Shakespeare")
     p.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
+    p.add_argument("--markdown", metavar="OUT", help="also write the table as Markdown (the book includes it)")
     args = p.parse_args(argv)
     if any(n < 1 for n in args.copies) or args.steps < 1:
         p.error("--copies and --steps must be >= 1")
@@ -95,9 +98,34 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_before": load_before,
         "command": " ".join(["python benchmarks/shared_cpu.py", *(argv if argv is not None else sys.argv[1:])]),
     }
+    result["machine"] = describe_cpu()
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(result), encoding="utf-8")
     return result
+
+
+def markdown_table(result: dict) -> str:
+    """The measured table as Markdown, with the machine and the command that produced it."""
+    names = {"policy": "the package's policy", "torch": "PyTorch's default"}
+    lines = [
+        "| threads | copies at once | wall time of each copy (s) | slowest copy / alone | all / one after another |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for r in result["rows"]:
+        each = ", ".join(f"{x['wall_s']:.0f}" for x in r["runs"])
+        lines.append(
+            f"| {names[r['mode']]} | {r['copies']} | {each} | {r['slowdown']:.2f}x | {r['vs_sequential']:.2f}x |"
+        )
+    lines += [
+        "",
+        f"Each copy trains the `benchmarks/time_to_quality.py` model for {result['steps']} steps; measured on "
+        f"{result['machine']} with `{result['command']}` (load average {result['load_average_before'][0]:.2f} "
+        "before the run).",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

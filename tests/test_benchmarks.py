@@ -170,10 +170,24 @@ def test_committed_muon_result_has_what_chapter_6_reads():
 def test_shared_cpu_runs_copies_together(text_file, tmp_path, capsys):
     out = tmp_path / "shared.json"
     result = load_benchmark("shared_cpu").main(
-        ["--copies", "2", "--modes", "policy", "--steps", "2", "--text", str(text_file), "--json", str(out)]
+        [
+            "--copies",
+            "2",
+            "--modes",
+            "policy",
+            "--steps",
+            "2",
+            "--text",
+            str(text_file),
+            "--json",
+            str(out),
+            "--markdown",
+            str(tmp_path / "t.md"),
+        ]
     )
     assert "slowest / lone" in capsys.readouterr().out
     rows = {(r["mode"], r["copies"]): r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {("policy", 1), ("policy", 2)}  # the lone run is always measured
     assert all(len(r["runs"]) == r["copies"] and r["slowdown"] > 0 for r in rows.values())
     assert result["lone_s"]["policy"] > 0
+    assert "| the package's policy | 2 |" in (tmp_path / "t.md").read_text()
