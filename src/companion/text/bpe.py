@@ -239,7 +239,12 @@ class BPETokenizer:
         return list(piece.encode("utf-8").translate(self._id_of_byte))
 
     def _bpe(self, piece: str) -> list[int]:
-        """Apply the merges to one pre-token: repeatedly merge the adjacent pair of lowest rank."""
+        """Apply the merges to one pre-token: repeatedly merge the adjacent pair of lowest rank.
+
+        All its occurrences merge at once (tiktoken merges the leftmost and looks again, which ends
+        alike: a pair containing the new token ranks after it). Pre-tokens are short, so this loop over
+        the pairs measured faster than min(pairs, key=rank), a heap, or one occurrence at a time.
+        """
         word = self._byte_ids(piece)
         ranks = self._ranks
         while len(word) >= 2:
@@ -271,8 +276,9 @@ class BPETokenizer:
 
         Special tokens: by default (`allowed_special="all"`) every registered special token that
         appears in the text, e.g. "<|endoftext|>", becomes its single id (as in Hugging Face
-        `tokenizers`). Pass a set of names to recognise only those, or `()` to encode the text of
-        special tokens as ordinary bytes.
+        `tokenizers`, and as tiktoken's `encode(text, allowed_special="all")`). Pass a set of names to
+        recognise only those, or `()` to encode the text of special tokens as ordinary bytes (tiktoken's
+        `encode_ordinary`). tiktoken's own default differs: special tokens' text is an error there.
         """
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
@@ -367,12 +373,11 @@ class BPETokenizer:
     def to_hf(self):
         """The same tokenizer as a Hugging Face `tokenizers.Tokenizer` (BPE model, ByteLevel parts).
 
-        Vocabulary strings use GPT-2's printable byte alphabet (`bytes_to_unicode`); merges keep
-        our order, which is their rank. Pre-tokens come from our pattern, rewritten for Hugging
-        Face's regex engine (`onig_pattern`) and run as a `Split` before a ByteLevel step that only
-        maps bytes; a pattern that engine cannot compile is a ValueError. The tests check the export
-        on GPT-2's and cl100k's patterns (Oniguruma's `^`, `$` and `.` are line-based, Python's are not:
-        a pattern whose meaning hangs on that would need its own check).
+        Vocabulary strings use GPT-2's printable byte alphabet (`bytes_to_unicode`); merges keep our
+        order, their rank. Our pattern, rewritten for Hugging Face's regex engine (`onig_pattern`), runs
+        as a `Split` before a ByteLevel step that only maps bytes; a pattern that engine cannot compile
+        is a ValueError. Checked on GPT-2's and cl100k's patterns (the engine's `^`, `$` and `.` are
+        line-based, Python's are not: a pattern that hangs on them would need its own check).
         """
         from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # Hugging Face's package
 
