@@ -95,6 +95,9 @@ CASES = {
     "BPETokenizer.train vocab below 256": lambda: bpe.BPETokenizer.train("abc", 100),
     "BPETokenizer decode id out of range": lambda: bpe_tok().decode([10**6]),
     "BPETokenizer load missing file": lambda: bpe.BPETokenizer.load("/nonexistent/tok.json"),
+    "BPETokenizer.from_tiktoken unknown encoding": lambda: bpe.BPETokenizer.from_tiktoken("no-such-encoding"),
+    "BPETokenizer byte_order not a permutation": lambda: bpe.BPETokenizer(byte_order=range(1, 257)),
+    "BPETokenizer special token on a byte's id": lambda: bpe.BPETokenizer(special_tokens={"<s>": 65}),
     "encode_texts max_len = 0": lambda: tokenization.encode_texts(tokenization.WordTokenizer(["a"]), ["a"], 0),
     # batching
     "get_batch data shorter than block": lambda: batching.get_batch(torch.arange(5), 2, 8),

@@ -87,6 +87,27 @@ def test_train_throughput_compares_eager_and_compiled_by_default():
     assert default_modes({"bf16_flags": ["amx_bf16"]}) == "fp32,fp32+compile,bf16,bf16+compile"
 
 
+def test_bpe_encode_checks_identical_ids(capsys):
+    result = load_benchmark("bpe_encode").main(["--bytes", "20000", "--repeats", "1"])
+    assert result["same_ids"] and result["bytes"] == 20_000 and result["vocab_size"] == 100_277
+    assert set(result["speed_vs_ours"]) == {"ours", "ours_warm", "tiktoken", "tokenizers"}
+    assert sum(result["ours_first_call_share"].values()) == pytest.approx(1.0)
+    assert "same ids from all three: True" in capsys.readouterr().out
+
+
+def test_bpe_train_compares_merges_with_the_libraries(tmp_path, capsys):
+    out = tmp_path / "bpe.json"
+    result = load_benchmark("bpe_train").main(["--vocab-sizes", "300", "--bytes", "50000", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    (run,) = result["runs"]
+    assert run["bytes"] == 50_000 and run["vocab_size"] == 300 and "hf" in run["merges"]
+    for lib, merges in run["merges"].items():
+        assert merges["merges"] == 300 - 257  # 256 bytes and one special token
+        if merges["first_difference"] is not None:  # the trainers differ only in how they break ties
+            assert merges["ours_count"] == merges["their_count"] > 0, lib
+    assert "same place" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_generation_benchmark_checks_identical_tokens(capsys):
     result = load_benchmark("generation").main(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -275,6 +276,20 @@ def test_save_load_round_trip(tmp_path, small_tok):
     assert loaded.special_tokens == small_tok.special_tokens
     text = load_corpus("python-docs")[200_000:220_000] + EOT + "你好😀"
     assert loaded.encode(text) == small_tok.encode(text)
+
+
+def test_load_reads_version_1_files(tmp_path, small_tok):
+    """Files saved before the byte order and the special tokens' ids were written still load."""
+    path = tmp_path / "v1.json"
+    data = {"format": "companion-byte-level-bpe", "version": 1, "pattern": small_tok.pattern}
+    data.update(vocab_size=small_tok.vocab_size, merges=small_tok.merges, special_tokens=list(small_tok.special_tokens))
+    path.write_text(json.dumps(data))
+    loaded = BPETokenizer.load(path)
+    assert loaded.vocab == small_tok.vocab and loaded.special_tokens == small_tok.special_tokens
+    data.update(version=2)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"lacks \['byte_order'\]"):
+        BPETokenizer.load(path)
 
 
 def test_load_rejects_other_files(tmp_path):

@@ -1,8 +1,10 @@
 """Byte-level byte-pair encoding (BPE), GPT-2 style, written from scratch.
 
-The pipeline is: text -> special tokens split off -> pre-tokens (the GPT-2 regex, so that no merge
-crosses a word boundary) -> UTF-8 bytes (ids 0..255) -> learned merges, applied in the order they
-were learned -> ids. Special tokens get the ids after the learned vocabulary.
+The pipeline is: text -> special tokens split off -> pre-tokens (a regex, GPT-2's by default, so
+that no merge crosses a word boundary) -> UTF-8 bytes (ids 0..255) -> learned merges, applied
+lowest rank first (the order they were learned) -> ids. Special tokens get the ids after the learned
+vocabulary. The pattern, the order of the 256 byte ids and the special tokens' ids are data, so that
+`BPETokenizer.from_tiktoken` can load a production vocabulary such as GPT-4's cl100k_base id for id.
 
 `BPETokenizer.to_hf()` exports the same vocabulary and merges to a Hugging Face `tokenizers.Tokenizer`
 so that the two implementations can be compared token for token (the tests do exactly that).
@@ -15,23 +17,18 @@ from __future__ import annotations
 import heapq
 import json
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import regex  # the `regex` package: unlike `re` it knows Unicode classes such as \p{L}
 
+from companion.text.pretokenization import GPT2_PATTERN, onig_pattern, pretokenize, split_on_specials
 from companion.utils import read_json
 
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-"""The pre-tokenisation regex of GPT-2 (Radford et al., 2019), also used by Hugging Face's ByteLevel."""
+__all__ = ["GPT2_PATTERN", "BPETokenizer", "bytes_to_unicode", "pretokenize"]
 
 _FORMAT = "companion-byte-level-bpe"
-
-
-def pretokenize(text: str, pattern: str = GPT2_PATTERN) -> list[str]:
-    """Split text into the pre-tokens ("words") inside which BPE merges are allowed."""
-    return regex.findall(pattern, text)
 
 
 @lru_cache(maxsize=1)
@@ -66,50 +63,54 @@ def _merge_word(word: list[int], a: int, b: int, new_id: int) -> list[int]:
     return out
 
 
-def _split_on_specials(text: str, specials: Collection[str]) -> list[tuple[str, bool]]:
-    """Split text into (chunk, is_special) pieces; the longest special token wins at a position."""
-    if not specials or not text:
-        return [(text, False)] if text else []
-    alternation = "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True))
-    pieces, start = [], 0
-    for m in regex.finditer(alternation, text):
-        if m.start() > start:
-            pieces.append((text[start : m.start()], False))
-        pieces.append((m.group(), True))
-        start = m.end()
-    if start < len(text):
-        pieces.append((text[start:], False))
-    return pieces
-
-
 class BPETokenizer:
-    """A byte-level BPE tokenizer: `train`, `encode`, `decode`, `save`, `load`, `to_hf`.
+    """A byte-level BPE tokenizer: `train`, `encode`, `decode`, `save`, `load`, `to_hf`, `from_tiktoken`.
 
-    Ids 0..255 are the raw bytes; each learned merge (a, b) makes the token bytes(a) + bytes(b)
-    (a new id, or the existing id if those bytes are already a token, as Hugging Face does);
-    special tokens such as "<|endoftext|>" come last.
+    Ids 0..255 are the raw bytes (byte i by default; `byte_order[i]` if given, as tiktoken orders
+    them); each merge (a, b) makes the token bytes(a) + bytes(b) (a new id, or the existing id if
+    those bytes are already a token, as Hugging Face does); special tokens such as "<|endoftext|>"
+    come last: the next ids in order, or the ids given by a {name: id} mapping.
     """
 
     def __init__(
-        self, merges: Iterable[tuple[int, int]] = (), special_tokens: Iterable[str] = (), pattern: str = GPT2_PATTERN
+        self,
+        merges: Iterable[tuple[int, int]] = (),
+        special_tokens: Iterable[str] | Mapping[str, int] = (),
+        pattern: str = GPT2_PATTERN,
+        byte_order: Sequence[int] | None = None,
     ):
         self.pattern = pattern
         self._re = regex.compile(pattern)
-        self.vocab: list[bytes] = [bytes([i]) for i in range(256)]  # id -> bytes
+        self.byte_order = list(range(256)) if byte_order is None else [int(b) for b in byte_order]
+        if sorted(self.byte_order) != list(range(256)):
+            raise ValueError("byte_order must list each of the 256 byte values exactly once")
+        self.vocab: list[bytes] = [bytes([b]) for b in self.byte_order]  # id -> bytes
+        self._id_of_byte = bytes(sorted(range(256), key=self.byte_order.__getitem__))  # byte -> its id
         self._token_to_id: dict[bytes, int] = {t: i for i, t in enumerate(self.vocab)}
         self.merges: list[tuple[int, int]] = []
         self._ranks: dict[tuple[int, int], tuple[int, int]] = {}  # pair -> (rank, merged id)
         for a, b in merges:
             self._add_merge(int(a), int(b))
         self.special_tokens: dict[str, int] = {}
-        for s in special_tokens:
+        self._special_by_id: dict[int, str] = {}
+        self._add_special_tokens(special_tokens)
+        self._cache: dict[str, list[int]] = {}
+
+    def _add_special_tokens(self, special_tokens: Iterable[str] | Mapping[str, int]) -> None:
+        """Register special tokens: each at the id a mapping gives, or else at the next free id."""
+        given = special_tokens.items() if isinstance(special_tokens, Mapping) else ((s, None) for s in special_tokens)
+        for s, i in given:
             if not isinstance(s, str) or not s:
                 raise ValueError(f"special tokens must be non-empty strings, got {s!r}")
             if s in self.special_tokens:
                 raise ValueError(f"special token {s!r} given twice")
-            self.special_tokens[s] = len(self.vocab) + len(self.special_tokens)
-        self._special_by_id = {i: s for s, i in self.special_tokens.items()}
-        self._cache: dict[str, list[int]] = {}
+            i = self.vocab_size if i is None else int(i)
+            if i < len(self.vocab) or i in self._special_by_id:
+                raise ValueError(
+                    f"special token {s!r}: id {i} is already taken (the merges make {len(self.vocab)} ids)"
+                )
+            self.special_tokens[s] = i
+            self._special_by_id[i] = s
 
     def _add_merge(self, a: int, b: int) -> int:
         """Record the merge (a, b) and return the id of the merged token."""
@@ -130,8 +131,8 @@ class BPETokenizer:
 
     @property
     def vocab_size(self) -> int:
-        """Number of ids: 256 bytes + learned tokens + special tokens."""
-        return len(self.vocab) + len(self.special_tokens)
+        """Number of ids: 256 bytes + learned tokens + special tokens (+ any unused ids below a special's)."""
+        return max([len(self.vocab), *(i + 1 for i in self._special_by_id)])
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -162,10 +163,10 @@ class BPETokenizer:
             )
 
         word_counts: Counter[str] = Counter()
-        for chunk, is_special in _split_on_specials(text, special_tokens):
+        for chunk, is_special in split_on_specials(text, special_tokens):
             if not is_special:
                 word_counts.update(tok._re.findall(chunk))
-        words = [list(w.encode("utf-8")) for w in word_counts]  # unique pre-tokens as id lists
+        words = [tok._byte_ids(w) for w in word_counts]  # unique pre-tokens as id lists
         freqs = list(word_counts.values())
 
         counts: dict[tuple[int, int], int] = defaultdict(int)
@@ -217,17 +218,34 @@ class BPETokenizer:
             for pair in touched:
                 heapq.heappush(heap, (-counts[pair], pair))
 
-        for s in special_tokens:  # re-register the specials after the learned vocabulary
-            if s in tok.special_tokens:
-                raise ValueError(f"special token {s!r} given twice")
-            tok.special_tokens[s] = len(tok.vocab) + len(tok.special_tokens)
-        tok._special_by_id = {i: s for s, i in tok.special_tokens.items()}
+        tok._add_special_tokens(special_tokens)  # after the learned vocabulary
         return tok
 
+    @classmethod
+    def from_tiktoken(cls, name_or_encoding: str | object) -> BPETokenizer:
+        """A `tiktoken` encoding (or its name, e.g. "cl100k_base", read offline) as our tokenizer, id for id.
+
+        The merges are recovered from tiktoken's ranks (see `companion.text.tiktoken_import`); the
+        split pattern, the byte order and the special tokens' ids are tiktoken's.
+        """
+        from companion.text.tiktoken_import import tiktoken_parts
+
+        merges, special_tokens, pattern, byte_order = tiktoken_parts(name_or_encoding)
+        return cls(merges, special_tokens, pattern, byte_order)
+
     # ------------------------------------------------------------------ encoding
+    def _byte_ids(self, piece: str) -> list[int]:
+        """The ids of a string's UTF-8 bytes (`translate` maps each byte to its id, which is below 256)."""
+        return list(piece.encode("utf-8").translate(self._id_of_byte))
+
     def _bpe(self, piece: str) -> list[int]:
-        """Apply the merges to one pre-token: repeatedly merge the adjacent pair of lowest rank."""
-        word = list(piece.encode("utf-8"))
+        """Apply the merges to one pre-token: repeatedly merge the adjacent pair of lowest rank.
+
+        All its occurrences merge at once (tiktoken merges the leftmost and looks again, which ends
+        alike: a pair containing the new token ranks after it). Pre-tokens are short, so this loop over
+        the pairs measured faster than min(pairs, key=rank), a heap, or one occurrence at a time.
+        """
+        word = self._byte_ids(piece)
         ranks = self._ranks
         while len(word) >= 2:
             best, best_rank = None, None
@@ -258,8 +276,9 @@ class BPETokenizer:
 
         Special tokens: by default (`allowed_special="all"`) every registered special token that
         appears in the text, e.g. "<|endoftext|>", becomes its single id (as in Hugging Face
-        `tokenizers`). Pass a set of names to recognise only those, or `()` to encode the text of
-        special tokens as ordinary bytes.
+        `tokenizers`, and as tiktoken's `encode(text, allowed_special="all")`). Pass a set of names to
+        recognise only those, or `()` to encode the text of special tokens as ordinary bytes (tiktoken's
+        `encode_ordinary`). tiktoken's own default differs: special tokens' text is an error there.
         """
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
@@ -271,7 +290,7 @@ class BPETokenizer:
             if unknown:
                 raise ValueError(f"unknown special tokens {sorted(unknown)}; registered: {sorted(self.special_tokens)}")
         ids: list[int] = []
-        for chunk, is_special in _split_on_specials(text, allowed):
+        for chunk, is_special in split_on_specials(text, allowed):
             if is_special:
                 ids.append(self.special_tokens[chunk])
             else:
@@ -285,6 +304,8 @@ class BPETokenizer:
             return self.vocab[token_id]
         if token_id in self._special_by_id:
             return self._special_by_id[token_id].encode("utf-8")
+        if 0 <= token_id < self.vocab_size:
+            raise ValueError(f"token id {token_id} is unused: no token has it (vocab_size {self.vocab_size})")
         raise ValueError(f"token id {token_id} is outside the vocabulary (vocab_size {self.vocab_size})")
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
@@ -313,30 +334,37 @@ class BPETokenizer:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Write the tokenizer (pattern, merges, special tokens) to a JSON file."""
+        """Write the tokenizer (pattern, byte order, merges, special tokens and their ids) to a JSON file."""
         data = {
             "format": _FORMAT,
-            "version": 1,
+            "version": 2,
             "pattern": self.pattern,
             "vocab_size": self.vocab_size,
+            "byte_order": self.byte_order,
             "merges": [list(m) for m in self.merges],
-            "special_tokens": list(self.special_tokens),
+            "special_tokens": self.special_tokens,
         }
         Path(path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:
-        """Read a tokenizer written by `save`."""
+        """Read a tokenizer written by `save` (version 1 files, from before `byte_order`, still load)."""
         data = read_json(path, "tokenizer file")
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a {_FORMAT} JSON file")
-        missing = [k for k in ("merges", "special_tokens", "pattern", "vocab_size") if k not in data]
+        if data.get("version") not in (1, 2):
+            raise ValueError(f"{path}: unsupported version {data.get('version')!r}")
+        required = ["merges", "special_tokens", "pattern", "vocab_size"] + (
+            ["byte_order"] if data["version"] == 2 else []
+        )
+        missing = [k for k in required if k not in data]
         if missing:
             raise ValueError(f"{path}: the tokenizer file lacks {missing}")
-        if data.get("version") != 1:
-            raise ValueError(f"{path}: unsupported version {data.get('version')!r}")
         tok = cls(
-            merges=[tuple(m) for m in data["merges"]], special_tokens=data["special_tokens"], pattern=data["pattern"]
+            merges=[tuple(m) for m in data["merges"]],
+            special_tokens=data["special_tokens"],  # a list (version 1) or a {name: id} mapping
+            pattern=data["pattern"],
+            byte_order=data.get("byte_order"),
         )
         if tok.vocab_size != data["vocab_size"]:
             raise ValueError(f"{path}: vocab_size {data['vocab_size']} does not match the merges ({tok.vocab_size})")
@@ -345,20 +373,27 @@ class BPETokenizer:
     def to_hf(self):
         """The same tokenizer as a Hugging Face `tokenizers.Tokenizer` (BPE model, ByteLevel parts).
 
-        Vocabulary strings use GPT-2's printable byte alphabet (`bytes_to_unicode`); merges keep
-        our order, which is their rank. Only the GPT-2 pattern has a Hugging Face equivalent.
+        Vocabulary strings use GPT-2's printable byte alphabet (`bytes_to_unicode`); merges keep our
+        order, their rank. Our pattern, rewritten for Hugging Face's regex engine (`onig_pattern`), runs
+        as a `Split` before a ByteLevel step that only maps bytes; a pattern that engine cannot compile
+        is a ValueError. Checked on GPT-2's and cl100k's patterns (the engine's `^`, `$` and `.` are
+        line-based, Python's are not: a pattern that hangs on them would need its own check).
         """
-        if self.pattern != GPT2_PATTERN:
-            raise ValueError("to_hf supports only the GPT-2 pre-tokenisation pattern")
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # Hugging Face's package
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # Hugging Face's package
 
+        try:  # tokenizers raises a bare Exception for a pattern it cannot compile
+            split = pre_tokenizers.Split(Regex(onig_pattern(self.pattern)), behavior="isolated")
+        except Exception as err:
+            raise ValueError(f"to_hf: Hugging Face's regex engine cannot compile the pattern ({err})") from None
         table = bytes_to_unicode()
         as_str = ["".join(table[b] for b in t) for t in self.vocab]
         vocab = {s: i for i, s in enumerate(as_str)}
         vocab.update(self.special_tokens)
         merges = [(as_str[a], as_str[b]) for a, b in self.merges]
         hf = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
         hf.decoder = decoders.ByteLevel()
         hf.add_special_tokens(list(self.special_tokens))
         return hf
