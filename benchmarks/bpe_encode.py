@@ -30,8 +30,9 @@ import time
 from functools import partial
 
 from companion.experiments import write_json
-from companion.text.bpe import BPETokenizer, pretokenize
+from companion.text.bpe import BPETokenizer
 from companion.text.corpora import load_corpus
+from companion.text.pretokenization import pretokenize
 from companion.utils import cpu_info, describe_cpu
 
 

@@ -39,8 +39,9 @@ from collections import Counter
 from pathlib import Path
 
 from companion.experiments import write_json
-from companion.text.bpe import GPT2_PATTERN, BPETokenizer, bytes_to_unicode, pretokenize
+from companion.text.bpe import BPETokenizer, bytes_to_unicode
 from companion.text.corpora import load_corpus
+from companion.text.pretokenization import GPT2_PATTERN, pretokenize
 from companion.utils import cpu_info, describe_cpu
 
 EOT = "<|endoftext|>"

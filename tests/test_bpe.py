@@ -10,8 +10,9 @@ import tokenizers as hf_tokenizers  # Hugging Face's package (ours is companion.
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from companion.text.bpe import GPT2_PATTERN, BPETokenizer, bytes_to_unicode, pretokenize
+from companion.text.bpe import BPETokenizer, bytes_to_unicode
 from companion.text.corpora import load_corpus
+from companion.text.pretokenization import GPT2_PATTERN, pretokenize
 
 EOT = "<|endoftext|>"
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import regex  # the `regex` package: unlike `re` it knows Unicode classes such as \p{L}
 
-from companion.text.pretokenization import GPT2_PATTERN, onig_pattern, pretokenize, split_on_specials
+from companion.text.pretokenization import GPT2_PATTERN, onig_pattern, split_on_specials
 from companion.utils import read_json
 
-__all__ = ["GPT2_PATTERN", "BPETokenizer", "bytes_to_unicode", "pretokenize"]
+__all__ = ["BPETokenizer", "bytes_to_unicode"]
 
 _FORMAT = "companion-byte-level-bpe"
 

@@ -2,7 +2,8 @@
 
 `CharTokenizer` maps each character of a fixed alphabet to an id; `WordTokenizer` maps the words
 and punctuation marks that `word_tokenize` finds to ids, with [PAD], [UNK] and [SEP]; the
-byte-level BPE tokenizer lives in `companion.text.bpe` and is re-exported here. `pad_batch` turns
+byte-level BPE tokenizer lives in `companion.text.bpe` (its pre-tokenisation in
+`companion.text.pretokenization`) and is importable from here too, beside the others. `pad_batch` turns
 id lists of different lengths into one padded batch. (The module is named `tokenization`, not
 `tokenizers`, so it can never shadow Hugging Face's `tokenizers` package.)
 """
@@ -19,21 +20,18 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from companion.text.bpe import GPT2_PATTERN, BPETokenizer, bytes_to_unicode, pretokenize
+from companion.text.bpe import BPETokenizer
 from companion.utils import read_json
 
 __all__ = [
     "BPETokenizer",
     "CharTokenizer",
-    "GPT2_PATTERN",
     "Tokenizer",
     "WORD_PATTERN",
     "WordTokenizer",
-    "bytes_to_unicode",
     "encode_texts",
     "load_tokenizer",
     "pad_batch",
-    "pretokenize",
     "rank_words",
     "word_tokenize",
 ]
