@@ -46,8 +46,13 @@ def llama_config_from_hf(hf_config) -> LlamaConfig:
         raise ValueError(f"sliding-window attention ({c.sliding_window} positions) is not supported")
     if getattr(c, "router_jitter_noise", 0.0):
         raise ValueError("router jitter noise is not supported")
-    experts = getattr(c, "num_local_experts", 0) if kind == "mixtral" else 0
-    aux_coef = c.router_aux_loss_coef if experts and c.output_router_logits else 0.0
+    experts = {}
+    if kind == "mixtral":  # transformers adds the load-balancing loss only when it outputs the router logits
+        experts = dict(
+            n_experts=c.num_local_experts,
+            n_experts_per_token=c.num_experts_per_tok,
+            aux_loss_coef=c.router_aux_loss_coef if c.output_router_logits else 0.0,
+        )
     return LlamaConfig(
         vocab_size=c.vocab_size,
         block_size=c.max_position_embeddings,
@@ -60,9 +65,7 @@ def llama_config_from_hf(hf_config) -> LlamaConfig:
         norm_eps=c.rms_norm_eps,
         tie_embeddings=bool(c.tie_word_embeddings),
         dropout=float(c.attention_dropout),
-        n_experts=experts,
-        n_experts_per_token=getattr(c, "num_experts_per_tok", 2) if experts else 2,
-        aux_loss_coef=aux_coef,
+        **experts,
     )
 
 
