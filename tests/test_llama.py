@@ -3,10 +3,12 @@ transformers' Llama and Mixtral with random weights (float64 to 1e-10), its KV c
 
 import pytest
 import torch
+from test_hf import batch_and_masks  # a batch of 3 with no padding, right padding and left padding
 from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
+from companion.analysis.memory import kv_cache_table
 from companion.inference.generation import generate, kv_cache_bytes
 from companion.interop.llama import llama_config_from_hf, llama_from_hf, llama_to_hf
 from companion.nn import KVCache, LayerKVCache, Llama, LlamaConfig
@@ -63,17 +65,6 @@ def hf_model(shape, dtype=torch.float64, n_experts=0, seed=0, **extra):
     model = cls(hf_config(shape, n_experts, **extra)).eval()
     perturb(model)
     return model.to(dtype)
-
-
-def batch_and_masks(vocab, T=12, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, vocab, (3, T), generator=g)
-    right = torch.ones(3, T, dtype=torch.long)
-    right[1, T - 5 :] = 0
-    left = torch.ones(3, T, dtype=torch.long)
-    left[2, :4] = 0
-    left[0, :1] = 0
-    return idx, [None, right, left]
 
 
 def assert_real_close(ours, theirs, mask, atol):
@@ -190,6 +181,20 @@ def test_kv_cache_holds_n_kv_heads_and_continues_the_rotary_positions():
     with pytest.raises(ValueError, match=r"kv_cache holds \(B, n_kv_heads, S, d_head\) = \(3, 8, S, 8\)"):
         gpt_shaped = KVCache([LayerKVCache(3, c.n_heads, BLOCK, c.d_head, torch.float64)] * c.n_layers)
         ours(idx[:, :1], kv_cache=gpt_shaped)
+
+
+def test_kv_cache_bytes_of_grouped_query_attention():
+    """Llama-2-70B (Touvron et al. 2023): 64 query heads share 8 K/V heads, so its cache is 8 times smaller."""
+    big = LlamaConfig(d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8, d_ff=28672)
+    shape = {"n_layers": big.n_layers, "d_model": big.d_model, "n_heads": big.n_heads, "n_kv_heads": big.n_kv_heads}
+    row = kv_cache_table([4096], {"Llama-2-70B": shape}, bytes_per_value=2)[0]
+    per_token = 2 * big.n_layers * big.n_kv_heads * big.d_head * 2  # K and V, 80 layers, 8 heads of 128, bf16
+    assert row["bytes"] == 4096 * per_token == kv_cache_bytes(80, 4096, 8192, 1, 2, n_heads=64, n_kv_heads=8)
+    assert 8 * row["bytes"] == kv_cache_bytes(80, 4096, 8192, 1, 2) and per_token == 320 * 1024
+    with pytest.raises(ValueError, match="give both n_heads and n_kv_heads"):
+        kv_cache_bytes(80, 4096, 8192, n_heads=64)
+    with pytest.raises(ValueError, match=r"n_kv_heads 3 \| n_heads 64"):
+        kv_cache_bytes(80, 4096, 8192, n_heads=64, n_kv_heads=3)
 
 
 @pytest.mark.parametrize("n_experts", [0, 4], ids=["dense", "experts"])

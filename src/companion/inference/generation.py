@@ -314,6 +314,8 @@ def kv_cache_bytes(
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         if d_model % n_heads or n_heads % n_kv_heads:
-            raise ValueError(f"n_heads {n_heads} must divide d_model {d_model}, and n_kv_heads {n_kv_heads} n_heads")
+            raise ValueError(
+                f"need n_kv_heads {n_kv_heads} | n_heads {n_heads} | d_model {d_model} (each divides the next)"
+            )
         d_kv = n_kv_heads * (d_model // n_heads)
     return 2 * n_layers * seq_len * d_kv * batch_size * bytes_per_value
