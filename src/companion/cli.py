@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from companion.nn import GPTConfig, LlamaConfig
 
 TOKENIZER_FILE = "tokenizer.json"
-ARCHITECTURES = ("gpt", "llama")
 HISTORY_FILE = "history.json"
+ARCHITECTURES = ("gpt", "llama")  # --arch: companion.nn.GPT or companion.nn.Llama
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -210,7 +213,7 @@ def _read_text(args: argparse.Namespace) -> str:
     return load_corpus(args.corpus)
 
 
-def _model_config(args: argparse.Namespace, vocab_size: int):
+def _model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig | LlamaConfig:
     """The GPTConfig or LlamaConfig that the model options describe (--arch)."""
     from companion.nn import GPTConfig, LlamaConfig
 
@@ -259,7 +262,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """`companion train`: tokenize, build (or restore) the GPT or Llama, train, save."""
     import torch
 
-    from companion.nn import GPT, Llama, LlamaConfig
+    from companion.nn import GPT, Llama
     from companion.text.tokenization import BPETokenizer, CharTokenizer, load_tokenizer
     from companion.training.checkpoint import model_from_checkpoint
     from companion.training.trainer import TrainConfig, train
@@ -284,7 +287,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             tokenizer = BPETokenizer.train(text, args.vocab_size)
         model_cfg = _model_config(args, tokenizer.vocab_size)
         torch.manual_seed(args.seed)
-        model = (Llama if isinstance(model_cfg, LlamaConfig) else GPT)(model_cfg)
+        model = {"gpt": GPT, "llama": Llama}[args.arch](model_cfg)
     model_cfg = model.config
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     n_val = max(int(len(ids) * args.val_fraction), model_cfg.block_size + 1)
