@@ -16,6 +16,7 @@ import torch
 from companion.analysis import attention_cost, baselines, distillation, interpret, metrics, quantization
 from companion.inference import decoding, generation
 from companion.interop import hf
+from companion.interop import llama as hf_llama
 from companion.nn import (
     GPT,
     Encoder,
@@ -24,6 +25,11 @@ from companion.nn import (
     EncoderDecoderConfig,
     EncoderForSequenceClassification,
     GPTConfig,
+    KVCache,
+    Llama,
+    LlamaConfig,
+    MixtureOfExperts,
+    RMSNorm,
     attention,
     classifier,
     positional,
@@ -45,6 +51,12 @@ T = torch.tensor
 def tiny_gpt() -> GPT:
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=10, block_size=8, n_layers=1, n_heads=2, d_model=8))
+
+
+def tiny_llama(**kw) -> Llama:
+    torch.manual_seed(0)
+    shape = dict(vocab_size=10, block_size=8, n_layers=1, n_heads=2, n_kv_heads=1, d_model=8, d_ff=12)
+    return Llama(LlamaConfig(**{**shape, **kw}))
 
 
 def tiny_seq2seq() -> EncoderDecoder:
@@ -252,6 +264,37 @@ CASES = {
     ),
     "newton_schulz 1-D": lambda: optim.newton_schulz(torch.randn(4)),
     "hidden_matrices of a model without Linear layers": lambda: optim.Muon(optim.hidden_matrices(torch.nn.ReLU())),
+    # the modern decoder
+    "LlamaConfig n_kv_heads not dividing n_heads": lambda: LlamaConfig(n_heads=4, n_kv_heads=3, d_model=32),
+    "LlamaConfig n_kv_heads = 0": lambda: LlamaConfig(n_heads=4, n_kv_heads=0, d_model=32),
+    "LlamaConfig odd d_head": lambda: LlamaConfig(n_heads=4, d_model=12),
+    "LlamaConfig rope_theta NaN": lambda: LlamaConfig(rope_theta=math.nan),
+    "LlamaConfig norm_eps = 0": lambda: LlamaConfig(norm_eps=0.0),
+    "LlamaConfig negative aux_loss_coef": lambda: LlamaConfig(aux_loss_coef=-0.1),
+    "LlamaConfig negative n_experts": lambda: LlamaConfig(n_experts=-1),
+    "LlamaConfig more experts per token than experts": lambda: LlamaConfig(n_experts=2, n_experts_per_token=3),
+    "Llama token id out of range": lambda: tiny_llama()(T([[1, 10]])),
+    "Llama sequence longer than block_size": lambda: tiny_llama()(torch.zeros(1, 9, dtype=torch.long)),
+    "Llama attention_mask of wrong shape": lambda: tiny_llama()(T([[1, 2]]), attention_mask=T([[1, 1, 1]])),
+    "Llama targets of wrong shape": lambda: tiny_llama(n_experts=2)(T([[1, 2]]), targets=T([[1]])),
+    "Llama kv_cache of the wrong kind": lambda: tiny_llama()(T([[1, 2]]), kv_cache=[]),
+    "Llama kv_cache with n_heads heads": lambda: tiny_llama()(
+        T([[1]]), kv_cache=KVCache.for_model(tiny_gpt(), batch_size=1)
+    ),
+    "MultiHeadAttention n_kv_heads not dividing": lambda: attention.MultiHeadAttention(8, 4, n_kv_heads=3),
+    "MultiHeadAttention rotary of another d_head": lambda: attention.MultiHeadAttention(
+        8, 2, rotary=positional.RotaryEmbedding(8)
+    ),
+    "RotaryEmbedding float16 angles": lambda: positional.RotaryEmbedding(8, angle_dtype=torch.float16),
+    "RotaryEmbedding base 1": lambda: positional.RotaryEmbedding(8, base=1.0),
+    "RMSNorm eps = 0": lambda: RMSNorm(8, eps=0.0),
+    "MixtureOfExperts no experts": lambda: MixtureOfExperts(8, 12, 0, 1),
+    "MixtureOfExperts k > n_experts": lambda: MixtureOfExperts(8, 12, 2, 3),
+    "kv_cache_bytes n_heads without n_kv_heads": lambda: generation.kv_cache_bytes(2, 8, 16, n_heads=2),
+    "kv_cache_bytes n_kv_heads not dividing": lambda: generation.kv_cache_bytes(2, 8, 16, n_heads=4, n_kv_heads=3),
+    "llama_parameters of a GPTConfig": lambda: counting.llama_parameters(GPTConfig()),
+    "llama_from_hf of a GPT-2": lambda: hf_llama.llama_from_hf(hf.gpt_to_hf(tiny_gpt())),
+    "llama_to_hf eos out of range": lambda: hf_llama.llama_to_hf(tiny_llama(), eos_token_id=10),
 }
 
 

@@ -173,6 +173,51 @@ def test_muon_run_and_a_resume_with_the_wrong_optimizer(tmp_path, text_file, cap
     )
 
 
+def test_llama_arch_trains_samples_and_resumes(tmp_path, text_file, capsys):
+    """--arch llama: grouped (here multi-query) attention and a mixture of 2 experts, 1 per token."""
+    out = tmp_path / "llama"
+    llama = ["--arch", "llama", "--n-kv-heads", "1", "--n-experts", "2", "--experts-per-token", "1", "--d-ff", "48"]
+    assert main(["train", "--text", str(text_file), "--steps", "20", "--out", str(out)] + llama + TINY) == 0
+    assert "Llama with" in capsys.readouterr().err
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["model_class"] == "companion.nn.llama.Llama"
+    cfg = meta["model_config"]
+    assert (cfg["n_heads"], cfg["n_kv_heads"], cfg["n_experts"], cfg["n_experts_per_token"], cfg["d_ff"]) == (
+        2,
+        1,
+        2,
+        1,
+        48,
+    )
+    history = json.loads((out / "history.json").read_text())
+    assert history["val_loss"][-1] < history["val_loss"][0]
+
+    sample = ["sample", "--ckpt", str(out), "--prompt", "First", "--max-new-tokens", "30", "--device", "cpu"]
+    assert main(sample) == 0
+    text = capsys.readouterr().out.rstrip("\n")
+    assert text.startswith("First") and len(text) == len("First") + 30 and set(text) <= set(TEXT)
+
+    # the model's class and shape come from the checkpoint: --arch need not be repeated
+    assert main(["train", "--text", str(text_file), "--steps", "30", "--out", str(out), "--resume"] + TINY) == 0
+    resumed = json.loads((out / "history.json").read_text())
+    assert resumed["step"] == list(range(1, 31)) and resumed["train_loss"][:20] == history["train_loss"]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--n-kv-heads", "1"], "--n-kv-heads: only for --arch llama"),
+        (["--n-experts", "4"], "--n-experts: only for --arch llama"),
+        (["--arch", "llama", "--activation", "relu"], "--activation is for --arch gpt"),
+        (["--arch", "llama", "--n-kv-heads", "3"], "n_kv_heads 3 does not divide n_heads 2"),
+        (["--arch", "llama", "--n-experts", "2", "--experts-per-token", "3"], "n_experts_per_token must be"),
+    ],
+)
+def test_llama_option_errors(tmp_path, text_file, capsys, options, message):
+    assert main(["train", "--text", str(text_file), "--steps", "2", "--out", str(tmp_path)] + options + TINY) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_clear_errors(tmp_path, text_file, capsys):
     assert main(["train", "shakespeare", "--text", str(text_file), "--out", str(tmp_path)]) == 2
     assert "either a corpus name" in capsys.readouterr().err

@@ -6,7 +6,16 @@ import pytest
 import torch
 import torch._dynamo as dynamo
 
-from companion.nn import GPT, Encoder, EncoderConfig, EncoderDecoder, EncoderDecoderConfig, GPTConfig
+from companion.nn import (
+    GPT,
+    Encoder,
+    EncoderConfig,
+    EncoderDecoder,
+    EncoderDecoderConfig,
+    GPTConfig,
+    Llama,
+    LlamaConfig,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +44,18 @@ def test_gpt_forward_has_no_graph_breaks(batch):
     idx, mask = batch
     model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layers=2, n_heads=2, d_model=16)).eval()
     for kwargs in ({"targets": idx}, {"attention_mask": mask}):
+        e = explain(model, idx, **kwargs)
+        assert e.graph_break_count == 0 and e.graph_count == 1, describe(e)
+
+
+@pytest.mark.parametrize("n_experts", [0, 4], ids=["dense", "experts"])
+def test_llama_forward_has_no_graph_breaks(batch, n_experts):
+    """The modern decoder, with grouped-query attention and rotary positions, and with a mixture of
+    experts (traced, it takes the dense mix: no shape depends on the routing)."""
+    idx, mask = batch
+    shape = dict(vocab_size=50, block_size=16, n_layers=2, n_heads=4, n_kv_heads=2, d_model=16, d_ff=24)
+    model = Llama(LlamaConfig(**shape, n_experts=n_experts)).eval()
+    for kwargs in ({"targets": idx}, {"attention_mask": mask}, {"targets": idx, "attention_mask": mask}):
         e = explain(model, idx, **kwargs)
         assert e.graph_break_count == 0 and e.graph_count == 1, describe(e)
 

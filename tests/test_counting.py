@@ -3,15 +3,19 @@
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
+from transformers import LlamaConfig as HFLlamaConfig
 
-from companion.nn import GPT, GPTConfig, TransformerBlock
+from companion.nn import GPT, GPTConfig, Llama, LlamaConfig, TransformerBlock
+from companion.nn.blocks import swiglu_hidden_size
 from companion.scaling.counting import (
     block_parameters,
     count_parameters,
     forward_flops_per_token,
     gpt_parameters,
     kaplan_parameters,
+    llama_forward_flops_per_token,
+    llama_parameters,
     non_embedding_parameters,
 )
 
@@ -106,3 +110,104 @@ def test_forward_flops_against_flop_counter():
     assert counter.get_total_flops() == T * (2 * N + 2 * V * d) + 4 * L * T * T * d
     assert forward_flops_per_token(config) == 2 * N + 2 * L * T * d
     assert forward_flops_per_token(config, n_ctx=8) == 2 * N + 2 * L * 8 * d
+
+
+# ----------------------------------------------------------------------------- the modern block
+
+LLAMA_CONFIGS = [
+    dict(vocab_size=101, block_size=32, n_layers=3, n_heads=4, d_model=64, d_ff=96),  # multi-head
+    dict(vocab_size=101, block_size=32, n_layers=2, n_heads=8, n_kv_heads=2, d_model=64, d_ff=96),  # grouped
+    dict(vocab_size=65, block_size=16, n_layers=2, n_heads=4, n_kv_heads=1, d_model=32, tie_embeddings=True),
+    dict(vocab_size=65, block_size=16, n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, d_ff=40, n_experts=4),
+    dict(vocab_size=50, block_size=16, n_layers=1, n_heads=2, d_model=32, d_ff=24, n_experts=3, n_experts_per_token=1),
+]
+
+
+@pytest.mark.parametrize("kw", LLAMA_CONFIGS)
+def test_llama_formula_equals_numel(kw):
+    config = LlamaConfig(**kw)
+    counts = llama_parameters(config)
+    model = Llama(config)
+    assert counts.total == count_parameters(model) == sum(p.numel() for p in model.parameters())
+    assert counts.non_embedding == non_embedding_parameters(model)
+    assert counts.per_block == sum(p.numel() for p in model.blocks[0].parameters())
+    assert counts.output_head == (0 if config.tie_embeddings else config.vocab_size * config.d_model)
+    # a token uses every parameter except the experts it is not routed to
+    unused = 0
+    if config.n_experts:
+        expert = sum(p.numel() for p in model.blocks[0].ffn.experts[0].parameters())
+        unused = config.n_layers * (config.n_experts - config.n_experts_per_token) * expert
+    assert counts.total - counts.active == unused
+    assert counts.per_block - counts.active_per_block == unused // config.n_layers
+
+
+@pytest.mark.parametrize("kw", [LLAMA_CONFIGS[1], LLAMA_CONFIGS[3]], ids=["grouped", "experts"])
+def test_llama_forward_flops_against_flop_counter(kw):
+    """Measured matmul FLOPs of one forward pass = T (2 N_active + 2 V d) + 4 n_layers T^2 d, N_active
+    without the norm gains: the counter sees each token pass through its k experts only."""
+    config = LlamaConfig(**kw)
+    model = Llama(config).eval()
+    for block in model.blocks:
+        block.attn.use_sdpa = False  # the explicit path's matmuls are visible to the counter
+    T, V, d, L = 16, config.vocab_size, config.d_model, config.n_layers
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randint(0, V, (1, T)))
+    matrices = llama_parameters(config).active_non_embedding - (2 * L + 1) * d  # less the RMSNorm gains
+    assert counter.get_total_flops() == T * (2 * matrices + 2 * V * d) + 4 * L * T * T * d
+    n_active = llama_parameters(config).active_non_embedding
+    assert llama_forward_flops_per_token(config, n_ctx=T) == 2 * n_active + 2 * L * T * d
+
+
+def hf_count(cls, config) -> int:
+    with torch.device("meta"):  # shapes only, no memory
+        return cls(config).num_parameters()
+
+
+def our_count(config: LlamaConfig) -> int:
+    with torch.device("meta"):
+        return count_parameters(Llama(config))
+
+
+def test_llama_2_sizes_from_their_configs():
+    """Llama-2-7B and -70B (Touvron et al. 2023), counted from the config, by our model and by transformers'."""
+    seven = LlamaConfig()  # the defaults are Llama-2-7B: d_ff from Llama's rule, 8/3 * 4096 rounded to 256
+    assert seven.d_ff == swiglu_hidden_size(4096) == 11008
+    hf_seven = HFLlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32)
+    total = llama_parameters(seven).total
+    assert total == hf_count(LlamaForCausalLM, hf_seven) == our_count(seven) == 6_738_415_616
+    seventy = LlamaConfig(d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8, d_ff=28672)
+    hf_seventy = HFLlamaConfig(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+    )
+    total = llama_parameters(seventy).total
+    assert total == hf_count(LlamaForCausalLM, hf_seventy) == our_count(seventy)
+    assert abs(total - 68.98e9) < 0.01e9
+    # grouped-query attention: K and V take 2 * 8192 * 1024 per layer instead of 2 * 8192^2
+    mha = llama_parameters(LlamaConfig(d_model=8192, n_layers=80, n_heads=64, d_ff=28672)).total
+    assert mha - total == 80 * 2 * 8192 * (8192 - 1024)
+
+
+def test_mixtral_8x7b_total_and_active():
+    """Mixtral 8x7B (Jiang et al. 2024): about 47B parameters, about 13B used per token."""
+    config = LlamaConfig(d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336, n_experts=8)
+    hf = MixtralConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+    )
+    counts = llama_parameters(config)
+    assert counts.total == hf_count(MixtralForCausalLM, hf) == our_count(config)
+    assert abs(counts.total - 46.7e9) < 0.05e9 and abs(counts.active - 12.9e9) < 0.05e9
+    assert counts.total - counts.active == 32 * 6 * 3 * 4096 * 14336  # six unused SwiGLU experts per layer
+    dense = llama_forward_flops_per_token(LlamaConfig(d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336))
+    routed = 32 * (3 * 4096 * 14336 + 4096 * 8)  # per layer: a second expert and the router
+    assert llama_forward_flops_per_token(config) == dense + 2 * routed

@@ -134,8 +134,12 @@ def test_gpt_kv_cache_matches_hf():
         torch.testing.assert_close(step[:, 0], theirs(idx[:, :9]).logits[:, 8], atol=1e-5, rtol=0)
 
 
-def test_round_trip_is_exact():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_round_trip_is_exact(dtype):
     ours = GPT(GPTConfig(vocab_size=50, block_size=16, n_layers=2, n_heads=2, d_model=16, tie_weights=False))
+    ours = ours.to(dtype)
+    with torch.no_grad():  # float64 weights that float32 cannot hold: no rounding on the way
+        ours.lm_head.weight.add_(1e-12 * torch.randn_like(ours.lm_head.weight))
     back = gpt_from_hf(gpt_to_hf(ours))
     for (k, a), (k2, b) in zip(ours.state_dict().items(), back.state_dict().items()):
         assert k == k2

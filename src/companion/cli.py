@@ -1,4 +1,4 @@
-"""The `companion` command: pre-train a small GPT on a corpus, then sample from it.
+"""The `companion` command: pre-train a small GPT (or a Llama-style decoder) on a corpus, then sample from it.
 
 companion train shakespeare --tokenizer char --steps 2000 --out runs/shakespeare-char
 companion sample --ckpt runs/shakespeare-char --prompt "ROMEO:" --max-new-tokens 300
@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from companion.nn import GPTConfig, LlamaConfig
 
 TOKENIZER_FILE = "tokenizer.json"
 HISTORY_FILE = "history.json"
+ARCHITECTURES = ("gpt", "llama")  # --arch: companion.nn.GPT or companion.nn.Llama
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -21,6 +25,10 @@ examples:
   # the fastest recipe found (benchmarks/time_to_quality.py): Muon, bf16, exact GELU, 400 steps
   companion train shakespeare --optimizer muon --activation gelu --dtype bf16 --batch-size 32 \\
       --lr 5e-3 --min-lr 5e-4 --warmup 50 --steps 400 --out runs/fast
+  # the modern decoder: RMSNorm, SwiGLU, rotary positions, 2 key/value heads for 4 query heads
+  companion train shakespeare --arch llama --n-kv-heads 2 --out runs/llama
+  # ... with a mixture of 4 experts per block, each token routed to 2 of them
+  companion train shakespeare --arch llama --n-experts 4 --experts-per-token 2 --out runs/moe
   # your own text file with a byte-level BPE of 512 tokens, bf16 on a CPU that has it
   companion train --text notes.txt --tokenizer bpe --vocab-size 512 --dtype bf16 --out runs/notes
   # continue a run up to 4000 steps (weights, optimizer, data position and RNG are restored)
@@ -77,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         formatter_class=_Formatter,
         epilog=TRAIN_EXAMPLES,
-        help="pre-train a GPT (next-token prediction) on a corpus or a text file",
-        description="Pre-train a GPT with next-token prediction. The text is tokenized, split "
+        help="pre-train a GPT or a Llama (next-token prediction) on a corpus or a text file",
+        description="Pre-train a GPT or a Llama with next-token prediction. The text is tokenized, split "
         "90/10 into training and validation ids, and the tokenizer, the checkpoint "
         "(safetensors + JSON) and the loss history are written to --out.",
     )
@@ -101,17 +109,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-fraction", type=float, default=0.1, help="last fraction of the text held out for validation"
     )
     model = t.add_argument_group("model")
+    model.add_argument(
+        "--arch",
+        choices=ARCHITECTURES,
+        default="gpt",
+        help="gpt: GPT-2's block; llama: RMSNorm, SwiGLU, rotary positions, grouped-query attention, no biases",
+    )
     model.add_argument("--n-layers", type=int, default=4, help="Transformer blocks")
     model.add_argument("--n-heads", type=int, default=4, help="attention heads per block")
     model.add_argument("--d-model", type=int, default=128, help="width of the residual stream")
+    model.add_argument(
+        "--d-ff", type=int, default=None, help="feed-forward width (default: gpt 4 d_model, llama 8/3 d_model rounded)"
+    )
     model.add_argument("--block-size", type=int, default=64, help="context length in tokens")
     model.add_argument("--dropout", type=float, default=0.0, help="dropout probability")
     model.add_argument(
         "--activation",
         choices=("gelu_tanh", "gelu", "relu"),
         default="gelu_tanh",
-        help="feed-forward activation: GPT-2's tanh GELU, the exact (erf) GELU, or ReLU",
+        help="gpt's feed-forward activation: GPT-2's tanh GELU, the exact (erf) GELU, or ReLU",
     )
+    model.add_argument(
+        "--n-kv-heads", type=int, default=None, help="llama: key/value heads, dividing --n-heads (default: --n-heads)"
+    )
+    model.add_argument(
+        "--n-experts", type=int, default=0, help="llama: a mixture of this many SwiGLU experts per block (0: dense)"
+    )
+    model.add_argument("--experts-per-token", type=int, default=2, help="llama: experts each token is routed to")
     opt = t.add_argument_group("training")
     opt.add_argument("--steps", type=int, default=2000, help="optimizer steps in all")
     opt.add_argument(
@@ -194,6 +218,32 @@ def _read_text(args: argparse.Namespace) -> str:
     return load_corpus(args.corpus)
 
 
+def _model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig | LlamaConfig:
+    """The GPTConfig or LlamaConfig that the model options describe (--arch)."""
+    from companion.nn import GPTConfig, LlamaConfig
+
+    shape = dict(
+        vocab_size=vocab_size,
+        block_size=args.block_size,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        d_model=args.d_model,
+        d_ff=args.d_ff,
+        dropout=args.dropout,
+    )
+    if args.arch == "gpt":
+        given = {"--n-kv-heads": args.n_kv_heads is not None, "--n-experts": args.n_experts != 0}
+        given["--experts-per-token"] = args.experts_per_token != 2
+        if any(given.values()):
+            raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: only for --arch llama")
+        return GPTConfig(**shape, activation=args.activation)
+    if args.activation != "gelu_tanh":
+        raise ValueError("--activation is for --arch gpt: the llama feed-forward is SwiGLU")
+    return LlamaConfig(
+        **shape, n_kv_heads=args.n_kv_heads, n_experts=args.n_experts, n_experts_per_token=args.experts_per_token
+    )
+
+
 def _init_distributed(device: str | None) -> tuple[str | None, int]:
     """Under torchrun (WORLD_SIZE > 1) join the process group; return (device, rank)."""
     import torch
@@ -214,12 +264,12 @@ def _init_distributed(device: str | None) -> tuple[str | None, int]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """`companion train`: tokenize, build (or restore) the GPT, train, save."""
+    """`companion train`: tokenize, build (or restore) the GPT or Llama, train, save."""
     import torch
 
-    from companion.nn import GPT, GPTConfig
+    from companion.nn import GPT, Llama
     from companion.text.tokenization import BPETokenizer, CharTokenizer, load_tokenizer
-    from companion.training.checkpoint import read_meta
+    from companion.training.checkpoint import model_from_checkpoint
     from companion.training.trainer import TrainConfig, train
 
     if args.threads:
@@ -235,22 +285,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (out / TOKENIZER_FILE).is_file():
             raise ValueError(f"--resume: {out} holds no {TOKENIZER_FILE}; train without --resume first")
         tokenizer = load_tokenizer(out / TOKENIZER_FILE)
-        model_cfg = GPTConfig(**read_meta(out)["model_config"])
+        model = model_from_checkpoint(out)  # its class and shape from the checkpoint, its weights from train()
     else:
         if args.tokenizer == "char":
             tokenizer = CharTokenizer(text)
         else:
             print(f"training a byte-level BPE of {args.vocab_size} tokens ...", file=sys.stderr)
             tokenizer = BPETokenizer.train(text, args.vocab_size)
-        model_cfg = GPTConfig(
-            vocab_size=tokenizer.vocab_size,
-            block_size=args.block_size,
-            n_layers=args.n_layers,
-            n_heads=args.n_heads,
-            d_model=args.d_model,
-            dropout=args.dropout,
-            activation=args.activation,
-        )
+        model_cfg = _model_config(args, tokenizer.vocab_size)
+        torch.manual_seed(args.seed)
+        model = {"gpt": GPT, "llama": Llama}[args.arch](model_cfg)
+    model_cfg = model.config
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     n_val = max(int(len(ids) * args.val_fraction), model_cfg.block_size + 1)
     train_ids, val_ids = ids[:-n_val], ids[-n_val:]
@@ -275,13 +320,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         out_dir=str(out),
         ckpt_interval=args.ckpt_interval,
     )
-    torch.manual_seed(args.seed)
-    model = GPT(model_cfg)
     n_params = sum(p.numel() for p in model.parameters())
     say = (lambda *a, **k: print(*a, **k, file=sys.stderr)) if rank == 0 else (lambda *a, **k: None)
     say(
         f"{len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary "
-        f"{tokenizer.vocab_size}; GPT with {n_params / 1e6:.2f}M parameters"
+        f"{tokenizer.vocab_size}; {type(model).__name__} with {n_params / 1e6:.2f}M parameters"
     )
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,11 @@ def kv_cache_table(
     bytes_per_value: int = 2,
     batch_size: int = 1,
 ) -> list[dict[str, Any]]:
-    """Rows {model, n_layers, d_model, n_ctx, bytes} of the KV-cache size for each model and length."""
+    """Rows {model, n_layers, d_model, n_ctx, bytes} of the KV-cache size for each model and length.
+
+    A shape may give ``n_heads`` and ``n_kv_heads`` (grouped-query attention, e.g. Llama-2-70B's
+    64 and 8): its cache then holds n_kv_heads / n_heads of the width d_model.
+    """
     rows = []
     for name, s in (shapes or MODEL_SHAPES).items():
         for n_ctx in context_lengths:
@@ -58,7 +62,15 @@ def kv_cache_table(
                     "n_layers": s["n_layers"],
                     "d_model": s["d_model"],
                     "n_ctx": n_ctx,
-                    "bytes": kv_cache_bytes(s["n_layers"], n_ctx, s["d_model"], batch_size, bytes_per_value),
+                    "bytes": kv_cache_bytes(
+                        s["n_layers"],
+                        n_ctx,
+                        s["d_model"],
+                        batch_size,
+                        bytes_per_value,
+                        n_heads=s.get("n_heads"),
+                        n_kv_heads=s.get("n_kv_heads"),
+                    ),
                 }
             )
     return rows

@@ -10,11 +10,12 @@ Decoding turns them into one next token, appends it, and repeats. This module ho
   through the model once ("prefill"), and each later step feeds only the newest token, reusing
   the keys and values of all earlier positions,
 * `kv_cache_bytes`, the memory the cache needs: $2 \\cdot n_\\text{layers} \\cdot T \\cdot d_\\text{model}$
-  numbers per sequence.
+  numbers per sequence, or $n_\\text{kv\\_heads} / n_\\text{heads}$ of that with grouped-query attention.
 
-The model only has to follow the book's GPT interface (`companion.nn.GPT`):
+The model only has to follow the book's decoder interface (`companion.nn.GPT`, `companion.nn.Llama`):
 ``model(idx, kv_cache=cache)`` returns an object with ``.logits`` (B, T, vocab_size) and appends
-to `cache` in place, and ``model.config.block_size`` is its context length.
+to `cache` in place, ``model.config.block_size`` is its context length, and its config's
+n_layers, n_kv_heads and d_head shape the cache (`KVCache.for_model`).
 """
 
 from __future__ import annotations
@@ -280,12 +281,23 @@ def generate(
     return out[0] if was_1d else out
 
 
-def kv_cache_bytes(n_layers: int, seq_len: int, d_model: int, batch_size: int = 1, bytes_per_value: int = 4) -> int:
-    r"""Memory of a full KV cache: $2 \cdot n_\text{layers} \cdot T \cdot d_\text{model}$ values per sequence.
+def kv_cache_bytes(
+    n_layers: int,
+    seq_len: int,
+    d_model: int,
+    batch_size: int = 1,
+    bytes_per_value: int = 4,
+    *,
+    n_heads: int | None = None,
+    n_kv_heads: int | None = None,
+) -> int:
+    r"""Memory of a full KV cache: $2 \cdot n_\text{layers} \cdot T \cdot d_{kv}$ values per sequence.
 
-    Each layer stores one key and one value vector of width $n_\text{heads} d_\text{head} =
-    d_\text{model}$ for each of the $T$ positions; times `batch_size` sequences and
-    `bytes_per_value` (4 for float32, 2 for bfloat16).
+    Each layer stores one key and one value vector of width $d_{kv}$ for each of the $T$
+    positions; times `batch_size` sequences and `bytes_per_value` (4 for float32, 2 for
+    bfloat16). With as many K/V heads as query heads (the default) $d_{kv} = n_\text{heads}
+    d_\text{head} = d_\text{model}$; with grouped-query attention, give `n_heads` and
+    `n_kv_heads`: $d_{kv} = n_\text{kv\_heads} \cdot d_\text{model} / n_\text{heads}$.
     """
     for name, v in [
         ("n_layers", n_layers),
@@ -296,4 +308,16 @@ def kv_cache_bytes(n_layers: int, seq_len: int, d_model: int, batch_size: int = 
     ]:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-    return 2 * n_layers * seq_len * d_model * batch_size * bytes_per_value
+    d_kv = d_model
+    if (n_heads is None) != (n_kv_heads is None):
+        raise ValueError("give both n_heads and n_kv_heads (grouped-query attention) or neither")
+    if n_heads is not None:
+        for name, v in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if d_model % n_heads or n_heads % n_kv_heads:
+            raise ValueError(
+                f"need n_kv_heads {n_kv_heads} | n_heads {n_heads} | d_model {d_model} (each divides the next)"
+            )
+        d_kv = n_kv_heads * (d_model // n_heads)
+    return 2 * n_layers * seq_len * d_kv * batch_size * bytes_per_value

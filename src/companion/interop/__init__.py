@@ -1,4 +1,5 @@
 """Interoperability (chapters 4, 6, 8): weights to and from Hugging Face `transformers`.
 
-* `hf` copy weights between GPT-2 / BERT and our models, export tokenizers
+* `hf`    copy weights between GPT-2 / BERT and our models, export tokenizers
+* `llama` copy weights between Llama / Mixtral and our `Llama`
 """

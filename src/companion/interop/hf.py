@@ -154,7 +154,7 @@ def _hf_slice(t: torch.Tensor, part: str, d: int) -> torch.Tensor:
 def gpt_from_hf(hf_model) -> GPT:
     """Build our GPT with the weights of a transformers GPT2LMHeadModel (same logits)."""
     config = gpt_config_from_hf(hf_model.config)
-    model = GPT(config)
+    model = GPT(config).to(hf_model.dtype)  # their dtype first, so that no weight is rounded on the way
     theirs = hf_model.state_dict()
     ours = model.state_dict()
     d = config.d_model
@@ -168,7 +168,7 @@ def gpt_from_hf(hf_model) -> GPT:
         ours[our_key].copy_(t)
     if not config.tie_weights:
         ours["lm_head.weight"].copy_(theirs["lm_head.weight"])
-    return model.to(hf_model.dtype).train(hf_model.training)
+    return model.train(hf_model.training)
 
 
 @torch.no_grad()
@@ -182,6 +182,7 @@ def gpt_to_hf(model: GPT, bos_token_id: int | None = None, eos_token_id: int | N
     config = model.config
     with _quiet_transformers():
         hf_model = GPT2LMHeadModel(gpt_config_to_hf(config, bos_token_id, eos_token_id))
+    hf_model.to(next(model.parameters()).dtype)  # our dtype first, so that no weight is rounded on the way
     hf_model.generation_config.bos_token_id = bos_token_id
     hf_model.generation_config.eos_token_id = eos_token_id
     hf_model.generation_config.pad_token_id = None
@@ -199,7 +200,7 @@ def gpt_to_hf(model: GPT, bos_token_id: int | None = None, eos_token_id: int | N
             theirs[hf_key].copy_(t)
     if not config.tie_weights:
         theirs["lm_head.weight"].copy_(ours["lm_head.weight"])
-    return hf_model.to(next(model.parameters()).dtype).train(model.training)
+    return hf_model.train(model.training)
 
 
 # ----------------------------------------------------------------------------- BERT

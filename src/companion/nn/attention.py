@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from companion.nn.kv_cache import LayerKVCache
+from companion.nn.positional import RotaryEmbedding
 
 __all__ = [
     "AttentionOutput",
@@ -29,6 +30,7 @@ __all__ = [
     "causal_mask",
     "merge_heads",
     "padding_mask",
+    "repeat_kv_heads",
     "scaled_dot_product_attention",
     "split_heads",
     "values_checkable",
@@ -243,6 +245,11 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(B, T, n_heads * d_head)  # (B, T, d_model)
 
 
+def repeat_kv_heads(x: Tensor, n_rep: int) -> Tensor:
+    """(B, n_kv_heads, S, d_head) -> (B, n_kv_heads * n_rep, S, d_head): query head h reads K/V head h // n_rep."""
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
 class MultiHeadAttention(nn.Module):
     r"""MultiHead(X) = Concat(head_1, ..., head_h) W_O with head_i = Attention(X W_Q^i, X W_K^i, X W_V^i).
 
@@ -252,6 +259,13 @@ class MultiHeadAttention(nn.Module):
     the fused kernels never form the weights. Dropout on the weights acts only in training mode.
     Fully masked query rows give zeros before ``out_proj`` on both paths (so the layer's output
     there is ``out_proj``'s bias).
+
+    Grouped-query attention (Ainslie et al. 2023): ``n_kv_heads`` (default ``n_heads``) key and
+    value heads, each shared by ``n_heads / n_kv_heads`` query heads; one is multi-query attention
+    (Shazeer 2019). K and V are projected, cached and stored with ``n_kv_heads`` heads only; the
+    explicit path repeats them for the query heads, SDPA's ``enable_gqa`` shares them in place.
+    ``rotary``: a `RotaryEmbedding` that rotates the queries and keys of self-attention by their
+    positions, which continue after the KV cache's filled length (Su et al. 2021; Llama).
     """
 
     def __init__(
@@ -259,6 +273,8 @@ class MultiHeadAttention(nn.Module):
         d_model: int,
         n_heads: int,
         *,
+        n_kv_heads: int | None = None,
+        rotary: RotaryEmbedding | None = None,
         dropout: float = 0.0,
         bias: bool = True,
         use_sdpa: bool = True,
@@ -268,20 +284,29 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"d_model and n_heads must be positive, got d_model={d_model}, n_heads={n_heads}")
         if d_model % n_heads != 0:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if isinstance(n_kv_heads, bool) or not isinstance(n_kv_heads, int) or n_kv_heads < 1 or n_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads must be an int >= 1 that divides n_heads={n_heads}, got {n_kv_heads!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.d_model = d_model
         self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads
         self.d_head = d_model // n_heads
+        if rotary is not None and (not isinstance(rotary, RotaryEmbedding) or rotary.d_head != self.d_head):
+            raise ValueError(f"rotary must be a RotaryEmbedding of d_head {self.d_head}, got {rotary!r}")
+        self.rotary = rotary
         self.dropout = dropout
         self.use_sdpa = use_sdpa
+        d_kv = n_kv_heads * self.d_head  # width of the keys (and values) of all K/V heads
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, d_kv, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_kv, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, dropout={self.dropout}, use_sdpa={self.use_sdpa}"
+        kv = f", n_kv_heads={self.n_kv_heads}" if self.n_kv_heads != self.n_heads else ""
+        return f"d_model={self.d_model}, n_heads={self.n_heads}{kv}, dropout={self.dropout}, use_sdpa={self.use_sdpa}"
 
     def _check_inputs(self, x: Tensor, context: Tensor | None, kv_cache: LayerKVCache | None) -> None:
         if x.ndim != 3 or x.shape[-1] != self.d_model:
@@ -294,13 +319,15 @@ class MultiHeadAttention(nn.Module):
             if not isinstance(kv_cache, LayerKVCache):
                 raise ValueError(f"kv_cache must be a LayerKVCache, got {type(kv_cache).__name__}")
             B, H, _, D = kv_cache.k.shape
-            if (B, H, D) != (x.shape[0], self.n_heads, self.d_head):
+            if (B, H, D) != (x.shape[0], self.n_kv_heads, self.d_head):
                 raise ValueError(
-                    f"kv_cache holds (B, n_heads, S, d_head) = ({B}, {H}, S, {D}) keys; this layer needs "
-                    f"({x.shape[0]}, {self.n_heads}, S, {self.d_head})"
+                    f"kv_cache holds (B, n_kv_heads, S, d_head) = ({B}, {H}, S, {D}) keys; this layer needs "
+                    f"({x.shape[0]}, {self.n_kv_heads}, S, {self.d_head})"
                 )
             if context is not None:
                 raise ValueError("a KV cache holds self-attention keys: it cannot be combined with a context")
+        if context is not None and self.rotary is not None:
+            raise ValueError("rotary positions are for self-attention: this layer cannot attend to a context")
 
     def forward(
         self,
@@ -323,11 +350,15 @@ class MultiHeadAttention(nn.Module):
         source = x if context is None else context
 
         q = split_heads(self.q_proj(x), self.n_heads)  # (B, n_heads, T, d_head)
-        k = split_heads(self.k_proj(source), self.n_heads)  # (B, n_heads, S, d_head)
-        v = split_heads(self.v_proj(source), self.n_heads)  # (B, n_heads, S, d_head)
+        k = split_heads(self.k_proj(source), self.n_kv_heads)  # (B, n_kv_heads, S, d_head)
+        v = split_heads(self.v_proj(source), self.n_kv_heads)  # (B, n_kv_heads, S, d_head)
+        if self.rotary is not None:  # rotate by the positions, which continue after the cache's
+            past = 0 if kv_cache is None else kv_cache.length
+            q, k = self.rotary(q, k, torch.arange(past, past + T, device=x.device))
         if kv_cache is not None:
-            k, v = kv_cache.update(k, v)  # (B, n_heads, S_total, d_head), views of the cache's buffers
+            k, v = kv_cache.update(k, v)  # (B, n_kv_heads, S_total, d_head), views of the cache's buffers
         S_total = k.shape[2]
+        n_rep = self.n_heads // self.n_kv_heads  # query heads per K/V head
 
         masks = []
         if key_padding_mask is not None:
@@ -356,12 +387,13 @@ class MultiHeadAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         weights = None
         if need_weights or not self.use_sdpa:
+            k, v = repeat_kv_heads(k, n_rep), repeat_kv_heads(v, n_rep)  # (B, n_heads, S_total, d_head)
             y, weights = scaled_dot_product_attention(q, k, v, mask, p, return_weights=True)
             if not need_weights:
                 weights = None
         elif mask is None or (causal and len(masks) == 1 and T == S_total):
             # No mask, or only a square causal one: let PyTorch pick its fused kernel.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=mask is not None)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=mask is not None, enable_gqa=n_rep > 1)
         else:
             # Rows with no key to attend to: let them attend to everything (finite forward
             # and backward), then zero their output, matching the explicit path.
@@ -370,7 +402,7 @@ class MultiHeadAttention(nn.Module):
                 mask = mask | dead
             else:
                 mask = mask.masked_fill(dead, 0.0)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, enable_gqa=n_rep > 1)
             y = y.masked_fill(dead, 0.0)
 
         out = self.out_proj(merge_heads(y))  # (B, T, d_model)

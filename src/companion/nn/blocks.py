@@ -1,4 +1,4 @@
-"""The pieces every Transformer is built from: feed-forward block, LayerNorm placement, block.
+"""The pieces every Transformer is built from: feed-forward blocks, normalisation, the block.
 
 A block has a residual stream ``x`` of shape (B, T, d_model) and adds to it the output of
 self-attention, optionally cross-attention (keys and values from another sequence), and a
@@ -6,15 +6,19 @@ position-wise feed-forward network. Two placements of LayerNorm are supported:
 
 * post-LN (Vaswani et al. 2017, BERT):  x = LN(x + F(x))
 * pre-LN  (GPT-2 onward):               x = x + F(LN(x))   (plus one final LN after the stack)
+
+The modern decoder's pieces live here too: `RMSNorm` and the gated `SwiGLU` feed-forward
+(its block is `companion.nn.llama.LlamaBlock`).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from companion.nn.attention import MultiHeadAttention, values_checkable
-from companion.nn.kv_cache import LayerKVCache
+from companion.nn.kv_cache import KVCache, LayerKVCache
 
 NORMS = ("pre", "post")
 
@@ -38,9 +42,9 @@ def check_norm(norm: str) -> None:
         raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
 
 
-def check_shape_config(config: object, positive: tuple[str, ...]) -> None:
-    """Validate a model config: the named fields are ints >= 1, d_model divides into n_heads,
-    dropout is in [0, 1), layer_norm_eps > 0, and norm and activation are known names."""
+def check_config_ints(config: object, positive: tuple[str, ...]) -> None:
+    """Raise a ValueError unless the named fields of `config` are ints >= 1, d_model divides into
+    n_heads and dropout is in [0, 1)."""
     cls = type(config).__name__
     for name in positive:
         value = getattr(config, name)
@@ -50,6 +54,13 @@ def check_shape_config(config: object, positive: tuple[str, ...]) -> None:
         raise ValueError(f"{cls}: d_model {config.d_model} is not divisible by n_heads {config.n_heads}")
     if not 0.0 <= config.dropout < 1.0:
         raise ValueError(f"{cls}.dropout must be in [0, 1), got {config.dropout!r}")
+
+
+def check_shape_config(config: object, positive: tuple[str, ...]) -> None:
+    """Validate a model config: `check_config_ints`, then layer_norm_eps > 0, and norm and
+    activation are known names."""
+    cls = type(config).__name__
+    check_config_ints(config, positive)
     if not config.layer_norm_eps > 0:
         raise ValueError(f"{cls}.layer_norm_eps must be > 0, got {config.layer_norm_eps!r}")
     check_norm(config.norm)
@@ -72,6 +83,55 @@ class FeedForward(nn.Module):
         """(B, T, d_model) -> (B, T, d_model); every position is transformed independently."""
         h = self.act(self.fc_in(x))  # (B, T, d_ff)
         return self.dropout(self.fc_out(h))  # (B, T, d_model)
+
+
+class RMSNorm(nn.Module):
+    r"""Root-mean-square normalisation (Zhang & Sennrich 2019): $y = x / \sqrt{\mathrm{mean}(x^2) + \epsilon} \odot g$.
+
+    LayerNorm without the mean subtraction and without a bias: one gain vector g (init 1). The
+    statistics are computed in float32 whatever the input's dtype, then cast back, as Llama does
+    (Meta's reference code and `transformers`): a bf16 model is normalised in float32, and a
+    loaded Llama gives exactly its numbers (a float64 input is normalised in float32 too).
+    """
+
+    def __init__(self, d_model: int, eps: float = 1e-6):
+        super().__init__()
+        if not eps > 0:
+            raise ValueError(f"RMSNorm eps must be > 0, got {eps!r}")
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d_model) -> (..., d_model), each vector scaled to a root-mean-square of 1, times g."""
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)  # (..., d_model)
+        return self.weight * h.to(x.dtype)
+
+
+def swiglu_hidden_size(d_model: int, multiple_of: int = 256) -> int:
+    """Llama's SwiGLU width: 2/3 of 4 d_model (so three matrices hold as many weights as a 4 d_model
+    two-matrix MLP), rounded up to a multiple of `multiple_of` (4096 -> 11008, Llama-2-7B)."""
+    hidden = int(2 * 4 * d_model / 3)
+    return multiple_of * -(-hidden // multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward (Shazeer 2020): fc_out(SiLU(fc_gate(x)) * fc_in(x)), no biases, then dropout."""
+
+    def __init__(self, d_model: int, d_ff: int, *, dropout: float = 0.0):
+        super().__init__()
+        self.fc_gate = nn.Linear(d_model, d_ff, bias=False)  # W_1, through SiLU: the gate
+        self.fc_in = nn.Linear(d_model, d_ff, bias=False)  # W_3, the value the gate scales
+        self.fc_out = nn.Linear(d_ff, d_model, bias=False)  # W_2, back to the residual stream
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d_model) -> (..., d_model); every position is transformed independently."""
+        h = F.silu(self.fc_gate(x)) * self.fc_in(x)  # (..., d_ff)
+        return self.dropout(self.fc_out(h))  # (..., d_model)
 
 
 class TransformerBlock(nn.Module):
@@ -205,3 +265,20 @@ def check_padding_mask(mask: torch.Tensor | None, batch: int, length: int, name:
     """Raise a ValueError unless mask is None or has shape (batch, length)."""
     if mask is not None and tuple(mask.shape) != (batch, length):
         raise ValueError(f"{name} must have shape ({batch}, {length}), got {tuple(mask.shape)}")
+
+
+def check_decoder_inputs(
+    idx: torch.Tensor, config: object, attention_mask: torch.Tensor | None, kv_cache: KVCache | None
+) -> int:
+    """Check a causal language model's inputs (ids, cache, length, mask); return the cache's filled length S_past."""
+    check_token_ids(idx, config.vocab_size)
+    past_len = 0
+    if kv_cache is not None:
+        if not isinstance(kv_cache, KVCache):
+            raise ValueError(f"kv_cache must be a KVCache, got {type(kv_cache).__name__}")
+        if len(kv_cache) != config.n_layers:
+            raise ValueError(f"kv_cache has {len(kv_cache)} layers, the model has {config.n_layers}")
+        past_len = kv_cache.length
+    check_length(past_len + idx.shape[1], config.block_size)
+    check_padding_mask(attention_mask, idx.shape[0], past_len + idx.shape[1], "attention_mask")
+    return past_len

@@ -12,13 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from companion.nn.blocks import (
-    block_stack,
-    check_length,
-    check_padding_mask,
-    check_shape_config,
-    check_token_ids,
-)
+from companion.nn.blocks import block_stack, check_decoder_inputs, check_shape_config
 from companion.nn.kv_cache import KVCache
 from companion.nn.output import ModelOutput
 from companion.training.objectives import lm_loss
@@ -50,6 +44,11 @@ class GPTConfig:
     def d_head(self) -> int:
         """Width of one attention head, d_model / n_heads."""
         return self.d_model // self.n_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads per layer (what the KV cache stores): GPT gives every query head its own."""
+        return self.n_heads
 
 
 def init_gpt_weights(model: nn.Module, n_residual_branches: int, std: float = 0.02) -> None:
@@ -102,19 +101,8 @@ class GPT(nn.Module):
         kv_cache: a `KVCache` (see `KVCache.for_model`) holding S_past positions of earlier calls;
             this call appends its T positions in place, and its positions continue after S_past.
         """
-        c = self.config
-        check_token_ids(idx, c.vocab_size)
-        B, T = idx.shape
-        past_len = 0
-        if kv_cache is not None:
-            if not isinstance(kv_cache, KVCache):
-                raise ValueError(f"kv_cache must be a KVCache, got {type(kv_cache).__name__}")
-            if len(kv_cache) != c.n_layers:
-                raise ValueError(f"kv_cache has {len(kv_cache)} layers, the model has {c.n_layers}")
-            past_len = kv_cache.length
-        check_length(past_len + T, c.block_size)
-        check_padding_mask(attention_mask, B, past_len + T, "attention_mask")
-
+        past_len = check_decoder_inputs(idx, self.config, attention_mask, kv_cache)
+        T = idx.shape[1]
         pos = torch.arange(past_len, past_len + T, device=idx.device)  # (T,)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, d_model)
         for i, block in enumerate(self.blocks):

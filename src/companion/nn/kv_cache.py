@@ -2,11 +2,12 @@ r"""The KV cache: preallocated keys and values that decoding appends to in place
 
 A causal model's keys and values at earlier positions never change, so a decoding step needs to
 compute them only for the newest position. `KVCache` holds one `LayerKVCache` per layer, each
-with two buffers (B, n_heads, max_len, d_head) allocated once; a forward pass given the cache
+with two buffers (B, n_kv_heads, max_len, d_head) allocated once; a forward pass given the cache
 writes its new positions after the filled ones (`LayerKVCache.update`) and attends over all
-filled positions. Nothing is re-allocated or concatenated per step. It holds
-$2 \cdot n_\text{layers} \cdot \text{max\_len} \cdot d_\text{model}$ numbers per sequence
-(see `companion.inference.generation.kv_cache_bytes`).
+filled positions. Nothing is re-allocated or concatenated per step. With as many K/V heads as
+query heads (GPT) it holds $2 \cdot n_\text{layers} \cdot \text{max\_len} \cdot d_\text{model}$
+numbers per sequence; grouped-query attention stores only n_kv_heads of the n_heads heads (see
+`companion.inference.generation.kv_cache_bytes`).
 
     cache = KVCache.for_model(model, batch_size=1)
     logits = model(prompt, kv_cache=cache).logits        # prefill: cache.length == T
@@ -22,7 +23,10 @@ __all__ = ["KVCache", "LayerKVCache"]
 
 
 class LayerKVCache:
-    """Preallocated keys and values of one attention layer, each (B, n_heads, max_len, d_head)."""
+    """Preallocated keys and values of one attention layer, each (B, n_kv_heads, max_len, d_head).
+
+    (The constructor's ``n_heads`` is the number of heads the layer caches: its K/V heads.)
+    """
 
     def __init__(
         self,
@@ -74,12 +78,16 @@ class KVCache:
 
     @classmethod
     def for_model(cls, model: nn.Module, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty cache shaped for `model` (a GPT), holding up to `max_len` (default block_size)."""
+        """An empty cache shaped for a causal `model`, holding up to `max_len` (default block_size).
+
+        Its config gives the shape: n_layers layers of n_kv_heads heads of width d_head.
+        """
         c = model.config
         p = next(model.parameters())
         max_len = c.block_size if max_len is None else max_len
-        d_head = c.d_model // c.n_heads
-        return cls([LayerKVCache(batch_size, c.n_heads, max_len, d_head, p.dtype, p.device) for _ in range(c.n_layers)])
+        return cls(
+            [LayerKVCache(batch_size, c.n_kv_heads, max_len, c.d_head, p.dtype, p.device) for _ in range(c.n_layers)]
+        )
 
     @property
     def length(self) -> int:

@@ -111,18 +111,33 @@ class RotaryEmbedding(nn.Module):
     GPT-NeoX and Hugging Face Llama); `interleaved=True` pairs (2i, 2i+1) as in the RoFormer paper,
     which is complex multiplication of (x[2i] + j x[2i+1]) by exp(j m theta_i). The two layouts
     differ only by a fixed permutation of the dimensions.
+
+    `angle_dtype` is the precision of the frequencies, angles, cosines and sines: float64 by
+    default; Llama computes them in float32 (Meta's reference code and `transformers` alike:
+    theta_i = 1 / base^(2i/d_head) in float32, angles m * theta_i in float32), and a model that
+    passes ``angle_dtype=torch.float32`` computes exactly their numbers, whatever its own dtype.
     """
 
-    def __init__(self, d_head: int, base: float = 10000.0, interleaved: bool = False):
+    def __init__(
+        self, d_head: int, base: float = 10000.0, interleaved: bool = False, angle_dtype: torch.dtype = torch.float64
+    ):
         super().__init__()
         if d_head % 2:
             raise ValueError(f"d_head must be even for rotary embeddings, got {d_head}")
-        self.d_head, self.base, self.interleaved = d_head, base, interleaved
-        self.register_buffer("inv_freq", _frequencies(d_head // 2, d_head, base), persistent=False)
+        if not base > 1.0:
+            raise ValueError(f"the rotary base (rope_theta) must be > 1, got {base!r}")
+        if angle_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"angle_dtype must be torch.float32 or torch.float64, got {angle_dtype}")
+        self.d_head, self.base, self.interleaved, self.angle_dtype = d_head, base, interleaved, angle_dtype
+        inv_freq = 1.0 / base ** (torch.arange(0, d_head, 2, dtype=angle_dtype) / d_head)  # (d_head/2,)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"d_head={self.d_head}, base={self.base}, interleaved={self.interleaved}, angle_dtype={self.angle_dtype}"
 
     def angles(self, positions: Tensor) -> Tensor:
-        """Rotation angles m * theta_i: positions (...,) -> (..., d_head/2), float64."""
-        return positions.to(torch.float64)[..., None] * self.inv_freq
+        """Rotation angles m * theta_i: positions (...,) -> (..., d_head/2), in `angle_dtype`."""
+        return positions.to(self.angle_dtype)[..., None] * self.inv_freq.to(self.angle_dtype)
 
     def cos_sin(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
         """cos and sin of the angles, each (..., d_head), laid out like the vectors they rotate."""

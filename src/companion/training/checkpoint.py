@@ -299,18 +299,23 @@ def load_checkpoint(
     return meta
 
 
-def load_pretrained(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the model class named in the checkpoint from its config and load the weights.
-
-    Needs only ``checkpoint.json`` and ``model.safetensors``: a folder without the training
-    state (optimizer moments, RNG) loads for inference.
-    """
+def model_from_checkpoint(ckpt_dir: str | os.PathLike) -> torch.nn.Module:
+    """A new model of the class named in the checkpoint, built from its config (weights: `load_pretrained`)."""
     meta = read_meta(ckpt_dir)
     if meta.get("model_config") is None or meta.get("config_class") is None:
         raise ValueError(f"checkpoint {ckpt_dir} holds no model config: cannot rebuild the model")
     cls, cfg_cls = _import(meta["model_class"]), _import(meta["config_class"])
     cfg_dict = meta["model_config"]
     fields = {f.name for f in dataclasses.fields(cfg_cls)}
-    model = cls(cfg_cls(**{k: v for k, v in cfg_dict.items() if k in fields}))
+    return cls(cfg_cls(**{k: v for k, v in cfg_dict.items() if k in fields}))
+
+
+def load_pretrained(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild the model class named in the checkpoint from its config and load the weights.
+
+    Needs only ``checkpoint.json`` and ``model.safetensors``: a folder without the training
+    state (optimizer moments, RNG) loads for inference.
+    """
+    model = model_from_checkpoint(ckpt_dir)
     load_weights(ckpt_dir, model)
     return model.to(device).eval()
