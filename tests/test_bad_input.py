@@ -99,6 +99,7 @@ CASES = {
     # data
     "load_corpus unknown name": lambda: data.load_corpus("no-such-corpus"),
     "load_sentiment unknown name": lambda: data.load_sentiment("no-such-set"),
+    "load_parallel unknown name": lambda: data.load_parallel("no-such-text"),
     # tokenizers
     "CharTokenizer empty text": lambda: tokenization.CharTokenizer(""),
     "CharTokenizer encode unknown char": lambda: char_tok().encode("abz"),

