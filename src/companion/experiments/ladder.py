@@ -1,0 +1,404 @@
+"""The ablation ladder and the race: what each part of a Transformer block buys, in bits per character.
+
+Every rung of ``companion.experiments.ladder_models.RUNGS`` (bigram table -> embeddings -> one-head
+attention -> multiple heads -> feed-forward -> residual connections -> LayerNorm, the GPT-2 block ->
+the modern Llama block) is trained on companion's Shakespeare characters with one budget and one
+recipe: the same steps, batch, block_size, AdamW schedule and seeds (seed s fixes a model's
+initialisation and its batch order, identical for every rung). Each is scored on the whole
+validation split, cut into non-overlapping windows of block_size characters (every character but
+the first predicted once, from the characters before it in its window), in bits per character,
+with its own sampling error; the ladder reports mean +- standard error over the seeds.
+
+**The race** pairs the GPT-2 rung with the modern rung, whose SwiGLU width makes the two parameter
+counts match: the same tokens, steps, learning rate and seeds (``race_seeds``, which extend the
+ladder's), compared seed by seed (mean difference, its standard error, a paired t-test) next to
+the test split's own sampling error of that difference. The verdict is "tie" unless the paired
+test gives p < 0.05 AND the difference exceeds twice that sampling error.
+
+    python -m companion.experiments.ladder --preset full --threads 2 --out src/companion/results/ladder.json
+    python -m companion.experiments.ladder --preset tiny          # writes ./ladder_tiny.json
+
+The notebook runs `live` (a few rungs, one seed, seconds) and draws a result with `plot_ladder`
+and `plot_race`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from scipy.stats import ttest_rel
+
+from companion.analysis.metrics import bits_per_character, mean_se
+from companion.experiments import (
+    committed,
+    default_out,
+    experiment_parser,
+    machine,
+    parse_args,
+    shakespeare_chars,
+    utc_now,
+    write_json,
+)
+from companion.experiments.ladder_models import LABELS, RUNGS, build_rung, gpt_config, llama_config
+from companion.experiments.positions import position_losses
+from companion.nn.gpt import GPTConfig
+from companion.scaling.counting import (
+    count_parameters,
+    forward_flops_per_token,
+    gpt_parameters,
+    llama_forward_flops_per_token,
+    llama_parameters,
+)
+from companion.text.ngram import NGramModel
+from companion.training.trainer import TrainConfig, train
+
+NAME = "ladder"
+FORMAT = "companion-ladder"
+RACE = ("gpt2", "modern")  # the race: the GPT-2 block against the modern block
+P_THRESHOLD = 0.05
+LN2 = math.log(2)
+
+
+@dataclass(frozen=True)
+class LadderConfig:
+    """One model shape, one recipe and one budget for every rung and seed."""
+
+    name: str
+    rungs: tuple[str, ...] = RUNGS
+    seeds: tuple[int, ...] = (0, 1, 2)  # every rung of the ladder
+    race_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # the two race rungs; () for no race
+    n_layers: int = 2
+    n_heads: int = 4
+    d_model: int = 64
+    block_size: int = 64
+    batch_size: int = 32
+    steps: int = 500
+    lr: float = 2e-3  # one learning rate for every rung (chapter 2's positional runs at this shape)
+    min_lr: float = 2e-4
+    warmup_steps: int = 50
+    corpus_chars: int | None = None  # use only the first this many characters (None: all)
+    eval_chars: int | None = None  # score only the first this many validation characters (None: all)
+
+    def __post_init__(self) -> None:
+        if not self.rungs or [r for r in RUNGS if r in self.rungs] != list(self.rungs):
+            raise ValueError(f"rungs must be a non-empty subset of {RUNGS}, in that order, got {self.rungs}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+        if len(set(self.race_seeds)) != len(self.race_seeds) or len(self.race_seeds) == 1:
+            raise ValueError(
+                f"race_seeds must be () or at least 2 distinct seeds (a paired test), got {self.race_seeds}"
+            )
+
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        """The shared shape (GPT-2's block, no dropout, an untied head); the modern rung derives its own."""
+        return gpt_config(vocab_size, self.block_size, self.n_layers, self.n_heads, self.d_model)
+
+    def train_config(self, seed: int) -> TrainConfig:
+        """The trainer's recipe; the seed fixes the batch order (the model's initialisation is seeded apart)."""
+        return TrainConfig(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            block_size=self.block_size,
+            lr=self.lr,
+            min_lr=self.min_lr,
+            warmup_steps=self.warmup_steps,
+            eval_interval=0,
+            seed=seed,
+            device="cpu",
+        )
+
+    def planned_runs(self) -> list[tuple[str, int]]:
+        """Every (rung, seed) to train: the ladder's, then the race's extra seeds."""
+        runs = [(rung, seed) for seed in self.seeds for rung in self.rungs]
+        extra = [(rung, seed) for seed in self.race_seeds for rung in RACE if (rung, seed) not in runs]
+        return runs + extra
+
+
+PRESETS = {
+    "full": LadderConfig("full"),
+    "tiny": LadderConfig(
+        "tiny",
+        seeds=(0, 1),
+        race_seeds=(0, 1),
+        n_layers=1,
+        n_heads=2,
+        d_model=16,
+        block_size=16,
+        batch_size=8,
+        steps=12,
+        warmup_steps=2,
+        corpus_chars=60_000,
+    ),
+}
+LIVE = LadderConfig(  # the notebook's reduced version: five rungs, one seed, fewer steps, part of the split
+    "live",
+    rungs=("bigram", "embed", "heads", "gpt2", "modern"),
+    seeds=(0,),
+    race_seeds=(),
+    steps=120,
+    eval_chars=20_000,
+)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def split_windows(ids: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Cut ids (N,) into windows (n, block_size + 1) that overlap by one token, n = (N - 1) // block_size:
+    every token after the first is a target exactly once (a last part shorter than block_size is dropped)."""
+    n = (len(ids) - 1) // block_size
+    if n < 2:
+        raise ValueError(f"{len(ids)} tokens hold fewer than 2 windows of block_size {block_size} + 1")
+    return ids[: n * block_size + 1].unfold(0, block_size + 1, block_size)  # (n, block_size + 1)
+
+
+def mean_and_errors(values: torch.Tensor) -> dict[str, float]:
+    """Mean of per-character values (n_windows, T) and its standard errors: treating the characters as
+    independent ("se_chars"), and across windows ("se_windows", which allows for correlation within one)."""
+    v = values.double()
+    return {
+        "mean": float(v.mean()),
+        "se_chars": float(v.std() / math.sqrt(v.numel())),
+        "se_windows": float(v.mean(dim=1).std() / math.sqrt(v.shape[0])),
+    }
+
+
+def bigram_count_bits(train_ids: torch.Tensor, windows: torch.Tensor) -> float:
+    """Bits per character of a Kneser-Ney bigram counted on the training ids, on the windows' targets:
+    what the bigram rung could reach with counting instead of this training budget."""
+    model = NGramModel(2).fit(train_ids.tolist())
+    scored = torch.cat([windows[0, :1], windows[:, 1:].reshape(-1)]).tolist()  # the windows' text, in order
+    return bits_per_character(float(-model.log_probs(scored)[1:].sum()), len(scored) - 1)
+
+
+def run_one(
+    cfg: LadderConfig, rung: str, seed: int, train_ids: torch.Tensor, windows: torch.Tensor, vocab_size: int
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """Train one rung at one seed and score it: (its JSON record, per-character losses (n, T) in nats)."""
+    torch.manual_seed(seed)
+    model = build_rung(rung, cfg.gpt_config(vocab_size))
+    t0 = time.perf_counter()
+    history = train(model, train_ids, None, cfg.train_config(seed), progress=False)
+    train_seconds = time.perf_counter() - t0
+    losses = position_losses(model, windows)  # (n, T)
+    scores = mean_and_errors(losses / LN2)  # bits per character
+    tail = history.train_loss[-max(1, cfg.steps // 10) :]
+    record = {
+        "rung": rung,
+        "seed": seed,
+        "val_bits": round(scores["mean"], 5),
+        "val_se_chars": round(scores["se_chars"], 5),
+        "val_se_windows": round(scores["se_windows"], 5),
+        "final_train_bits": round(sum(tail) / len(tail) / LN2, 5),
+        "parameters": count_parameters(model),
+        "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(time.perf_counter() - t0 - train_seconds, 1),
+    }
+    return record, losses
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def ladder_summary(runs: list[dict[str, Any]], rungs: tuple[str, ...], seeds: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Per rung over `seeds`: label, parameters, mean bits per character and its standard error."""
+    out = []
+    for rung in rungs:
+        vals = [r["val_bits"] for r in runs if r["rung"] == rung and r["seed"] in seeds]
+        if len(vals) != len(seeds):
+            raise ValueError(f"rung {rung!r} has {len(vals)} runs for {len(seeds)} seeds")
+        params = {r["parameters"] for r in runs if r["rung"] == rung}
+        mean, se = mean_se(vals)
+        out.append(
+            {"rung": rung, "label": LABELS[rung], "parameters": params.pop(), "bits": mean, "se": se, "n": len(vals)}
+        )
+    return out
+
+
+def race_summary(
+    cfg: LadderConfig, runs: list[dict[str, Any]], losses: dict[tuple[str, int], torch.Tensor], vocab_size: int
+) -> dict[str, Any]:
+    """The paired comparison of RACE over cfg.race_seeds; difference = gpt2 - modern (> 0: modern is better)."""
+    a, b = RACE
+    seeds = list(cfg.race_seeds)
+    bits = {(r["rung"], r["seed"]): r["val_bits"] for r in runs}
+    se_chars = {(r["rung"], r["seed"]): r["val_se_chars"] for r in runs}
+    diffs = [bits[a, s] - bits[b, s] for s in seeds]
+    mean, se = mean_se(diffs)
+    if se > 0:
+        t, p = (float(v) for v in ttest_rel([bits[a, s] for s in seeds], [bits[b, s] for s in seeds]))
+    else:  # every seed gave the same difference: no spread to test against
+        t, p = (math.copysign(math.inf, mean), 0.0) if mean else (0.0, 1.0)
+    per_char = torch.stack([losses[a, s] - losses[b, s] for s in seeds]).double().mean(0) / LN2  # (n, T) bits
+    test = mean_and_errors(per_char)
+    noise = 2 * max(test["se_windows"], test["se_chars"])
+    verdict = "tie" if p >= P_THRESHOLD or abs(mean) <= noise else (b if mean > 0 else a)
+    gpt = cfg.gpt_config(vocab_size)
+    llama = llama_config(gpt)
+    n_a, n_b = gpt_parameters(gpt).total, llama_parameters(llama).total
+    return {
+        "pair": list(RACE),
+        "seeds": seeds,
+        "lr": cfg.lr,
+        "parameters": {a: n_a, b: n_b},
+        "parameter_gap": round((n_b - n_a) / n_a, 5),
+        "d_ff": {a: gpt.d_ff, b: llama.d_ff},
+        "forward_flops_per_token": {a: forward_flops_per_token(gpt), b: llama_forward_flops_per_token(llama)},
+        "per_seed": [
+            {"seed": s, a: bits[a, s], b: bits[b, s], "difference": round(d, 5)} for s, d in zip(seeds, diffs)
+        ],
+        "mean_difference": mean,
+        "se_difference": se,
+        "t": t,
+        "p_value": p,
+        "test_se": {r: sum(se_chars[r, s] for s in seeds) / len(seeds) for r in RACE},  # per character, bits
+        "test_se_difference_chars": test["se_chars"],
+        "test_se_difference_windows": test["se_windows"],
+        "verdict": verdict,
+        "rule": f"tie unless the paired t-test gives p < {P_THRESHOLD} and |mean difference| > 2 x the test "
+        "split's standard error of the difference (the larger of per character and per window)",
+    }
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run(cfg: LadderConfig, verbose: bool = False) -> dict[str, Any]:
+    """Train every planned (rung, seed) of `cfg`; returns the JSON-ready result."""
+    tok, train_ids, val_ids = shakespeare_chars(cfg.corpus_chars)
+    windows = split_windows(val_ids[: cfg.eval_chars] if cfg.eval_chars else val_ids, cfg.block_size)
+    runs, losses = [], {}
+    for rung, seed in cfg.planned_runs():
+        record, char_losses = run_one(cfg, rung, seed, train_ids, windows, tok.vocab_size)
+        runs.append(record)
+        if rung in RACE:
+            losses[rung, seed] = char_losses
+        if verbose:
+            print(
+                f"{rung:>9} seed {seed}: {record['val_bits']:.4f} bits/char "
+                f"({record['parameters']:,} parameters, {record['train_seconds']:.0f} s)",
+                flush=True,
+            )
+    return {
+        "format": FORMAT,
+        "version": 1,
+        "config": dataclasses.asdict(cfg),
+        "data": {
+            "corpus": "shakespeare",
+            "train_tokens": len(train_ids),
+            "val_tokens": len(val_ids),
+            "scored_characters": windows[:, 1:].numel(),
+            "vocab_size": tok.vocab_size,
+        },
+        "reference": {"bigram_counts_bits": bigram_count_bits(train_ids, windows)},
+        "runs": runs,
+        "ladder": ladder_summary(runs, cfg.rungs, cfg.seeds),
+        "race": race_summary(cfg, runs, losses, tok.vocab_size) if cfg.race_seeds else None,
+        "metadata": {"date_utc": utc_now(), **machine(), "device": "cpu"},
+    }
+
+
+def live(verbose: bool = False, **overrides: Any) -> dict[str, Any]:
+    """The notebook's reduced run: `LIVE` (five rungs, one seed, 120 steps) with any field overridden."""
+    return run(dataclasses.replace(LIVE, **overrides), verbose=verbose)
+
+
+def load_result(path: str | Path | None = None) -> dict[str, Any]:
+    """Read a JSON written by this script (default: the committed full run)."""
+    path = committed(NAME) if path is None else Path(path)
+    result = json.loads(Path(path).read_text(encoding="utf-8"))
+    if result.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} file (format {result.get('format')!r})")
+    return result
+
+
+def ladder_table(result: dict[str, Any]) -> str:
+    """A Markdown table of the ladder: rung, parameters, bits per character (mean +- standard error, n seeds)."""
+    rows = ["| rung | parameters | bits per character |", "|---|---:|---:|"]
+    for r in result["ladder"]:
+        rows.append(f"| {r['label']} | {r['parameters']:,} | {r['bits']:.3f} ± {r['se']:.3f} (n = {r['n']}) |")
+    return "\n".join(rows)
+
+
+def plot_ladder(result: dict[str, Any], ax: Any = None, title: str | None = None):
+    """Bits per character of every rung, mean with +-1 standard error bars, parameters written above; the axes."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 4))
+    ladder = result["ladder"]
+    x = range(len(ladder))
+    bits, se = [r["bits"] for r in ladder], [r["se"] for r in ladder]
+    ax.errorbar(x, bits, yerr=se, marker="o", capsize=4, linestyle="-", color="C0", label="trained, this budget")
+    for i, r in enumerate(ladder):
+        ax.annotate(
+            f"{r['parameters'] / 1000:.1f}k",
+            (i, r["bits"]),
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            fontsize=7,
+            color="grey",
+        )
+    counted = result["reference"]["bigram_counts_bits"]
+    ax.axhline(counted, color="C1", linestyle="--", linewidth=1, label=f"bigram from counts ({counted:.2f})")
+    ax.set_xticks(list(x), [r["label"].replace(" (", "\n(") for r in ladder], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("validation bits per character")
+    cfg = result["config"]
+    seeds = len(cfg["seeds"])
+    ax.set_title(title or f"The ablation ladder ({cfg['steps']} steps, {seeds} seed{'s' * (seeds > 1)}, ±1 SE)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_race(result: dict[str, Any], ax: Any = None, title: str | None = None):
+    """The race seed by seed: one line per seed from the GPT-2 block to the modern block, the means +-1 SE; the axes."""
+    import matplotlib.pyplot as plt
+
+    race = result["race"]
+    if race is None:
+        raise ValueError("this result has no race (its race_seeds are empty)")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 4))
+    a, b = race["pair"]
+    for row in race["per_seed"]:
+        ax.plot([0, 1], [row[a], row[b]], color="grey", alpha=0.6, marker=".")
+    for i, rung in enumerate((a, b)):
+        mean, se = mean_se([row[rung] for row in race["per_seed"]])
+        ax.errorbar([i], [mean], yerr=[se], marker="o", capsize=5, color=f"C{i}", markersize=8)
+    ax.set_xticks([0, 1], [LABELS[a], LABELS[b]], fontsize=8)
+    ax.set_xlim(-0.4, 1.4)
+    ax.set_ylabel("validation bits per character")
+    d, se, p = race["mean_difference"], race["se_difference"], race["p_value"]
+    ax.set_title(title or f"{race['verdict']}: difference {d:+.3f} ± {se:.3f} bits, p = {p:.2g}", fontsize=9)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: python -m companion.experiments.ladder [--preset full|tiny] [--out PATH] [--threads N]."""
+    parser = experiment_parser("ladder", NAME, __doc__.split("\n\n")[0], PRESETS)
+    parser.add_argument("--quiet", action="store_true")
+    args, command = parse_args(parser, argv)
+    out = args.out or default_out(NAME, args.preset)
+    t0 = time.perf_counter()
+    result = run(PRESETS[args.preset], verbose=not args.quiet)
+    result["command"] = command
+    result["metadata"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(out, result)
+    if not args.quiet:
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
