@@ -14,6 +14,7 @@ from scipy.stats import ttest_rel
 from companion.experiments import committed
 from companion.experiments import ladder as exp
 from companion.experiments import ladder_models as models
+from companion.experiments import ladder_report as report
 from companion.nn.gpt import GPT
 from companion.nn.llama import Llama
 from companion.scaling.counting import count_parameters, gpt_parameters, llama_parameters
@@ -110,6 +111,24 @@ def test_the_modern_rung_matches_the_gpt2_rung_in_parameters():
             assert abs(n_other - n_gpt) >= abs(n_modern - n_gpt)
     with pytest.raises(ValueError, match="unknown rung"):
         models.build_rung("mamba", SHAPE)
+    with pytest.raises(ValueError, match="unknown init"):
+        models.build_rung("gpt2", SHAPE, init="xavier")
+
+
+@pytest.mark.parametrize("rung", ["ffn", "gpt2", "modern"])
+def test_pytorch_init_redraws_every_layer_with_its_default(rung):
+    torch.manual_seed(0)
+    small, default = models.build_rung(rung, SHAPE), models.build_rung(rung, SHAPE, init="pytorch")
+    torch.manual_seed(0)
+    models.build_rung(rung, SHAPE)
+    again = models.build_rung(rung, SHAPE, init="pytorch")
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), again.state_dict().values()))
+    assert small.tok_emb.weight.std() < 0.03 and 0.8 < default.tok_emb.weight.std() < 1.2  # N(0, 0.02) -> N(0, 1)
+    for module in default.modules():
+        if isinstance(module, torch.nn.Linear):  # kaiming-uniform: |w| <= 1 / sqrt(fan_in)
+            assert module.weight.abs().max() <= 1 / math.sqrt(module.in_features) + 1e-7
+        if hasattr(module, "weight") and "Norm" in type(module).__name__:
+            assert torch.equal(module.weight, torch.ones_like(module.weight))
 
 
 def test_split_windows_score_every_character_once_like_evaluate_full():
@@ -138,7 +157,8 @@ def _race_result(gpt_bits, modern_bits, char_gap):
     runs, losses = [], {}
     for rung, values in zip(exp.RACE, (gpt_bits, modern_bits)):
         for seed, v in enumerate(values):
-            runs.append({"rung": rung, "seed": seed, "val_bits": v, "val_se_chars": 0.01})
+            runs.append({"rung": rung, "seed": seed, "init": "gpt2", "val_bits": v, "val_se_chars": 0.01})
+            runs.append({"rung": rung, "seed": seed, "init": "pytorch", "val_bits": 9.0, "val_se_chars": 0.01})
             base = torch.linspace(1.0, 2.0, 40).view(10, 4)  # (n, T) nats
             losses[rung, seed] = base + (char_gap * torch.linspace(-1, 1, 40).view(10, 4) if rung == "modern" else 0)
     return exp.race_summary(cfg, runs, losses, vocab_size=11)
@@ -170,16 +190,13 @@ def test_config_validation():
         exp.LadderConfig("bad", seeds=(0, 0))
     with pytest.raises(ValueError, match="race_seeds must be"):
         exp.LadderConfig("bad", race_seeds=(0,))
-    cfg = exp.LadderConfig("plan", rungs=("bigram", "gpt2"), seeds=(0, 1), race_seeds=(1, 2))
-    assert cfg.planned_runs() == [
-        ("bigram", 0),
-        ("gpt2", 0),
-        ("bigram", 1),
-        ("gpt2", 1),
-        ("modern", 1),
-        ("gpt2", 2),
-        ("modern", 2),
-    ]
+    with pytest.raises(ValueError, match="init must be one of"):
+        exp.LadderConfig("bad", init="xavier")
+    cfg = exp.LadderConfig("plan", rungs=("bigram", "gpt2"), seeds=(0, 1), race_seeds=(1, 2), init="gpt2")
+    ladder = [("bigram", 0, "gpt2"), ("gpt2", 0, "gpt2"), ("bigram", 1, "gpt2"), ("gpt2", 1, "gpt2")]
+    assert cfg.planned_runs() == ladder + [("modern", 1, "gpt2"), ("gpt2", 2, "gpt2"), ("modern", 2, "gpt2")]
+    mixed = dataclasses.replace(cfg, init="pytorch").planned_runs()  # the race keeps the models' own init
+    assert len(mixed) == 4 + 4 and {r[2] for r in mixed[4:]} == {"gpt2"}
     assert cfg.train_config(7).seed == 7 and cfg.train_config(7).steps == cfg.steps
 
 
@@ -190,19 +207,22 @@ def test_tiny_run_writes_a_complete_result(tmp_path, monkeypatch):
     result = exp.load_result(tmp_path / "ladder_tiny.json")  # the default: never the committed result
     cfg = exp.PRESETS["tiny"]
     assert result["command"] == "python -m companion.experiments.ladder --preset tiny --threads 1 --quiet"
-    assert {(r["rung"], r["seed"]) for r in result["runs"]} == set(cfg.planned_runs())
+    assert {(r["rung"], r["seed"], r["init"]) for r in result["runs"]} == set(cfg.planned_runs())
     assert [r["rung"] for r in result["ladder"]] == list(cfg.rungs)
     uniform = math.log2(result["data"]["vocab_size"])
     for r in result["runs"]:
         assert 0 < r["val_bits"] < uniform + 1 and 0 < r["val_se_chars"] < 1 and 0 < r["val_se_windows"] < 1
-    assert result["ladder"][-2]["bits"] < uniform  # the GPT-2 rung learned something in 12 steps
-    assert 0 < result["reference"]["bigram_counts_bits"] < uniform
     race = result["race"]
+    assert all(row["gpt2"] < uniform for row in race["per_seed"])  # from near uniform, it learned in 12 steps
+    assert 0 < result["reference"]["bigram_counts_bits"] < uniform
     assert race["seeds"] == list(cfg.race_seeds) and race["verdict"] in ("tie", "gpt2", "modern")
     assert race["parameters"]["gpt2"] == next(r["parameters"] for r in result["runs"] if r["rung"] == "gpt2")
+    assert {r["init"] for r in result["runs"]} == {cfg.init, exp.RACE_INIT}
     assert result["metadata"]["torch_threads"] == 1 and result["metadata"]["wall_seconds"] > 0
-    assert exp.ladder_table(result).count("\n") == len(cfg.rungs) + 1
-    assert len(exp.plot_ladder(result).lines) >= 2 and exp.plot_race(result).get_title().startswith(race["verdict"])
+    assert report.ladder_table(result).count("\n") == len(cfg.rungs) + 1
+    assert len(report.plot_ladder(result).lines) >= 2 and report.plot_race(result).get_title().startswith(
+        race["verdict"]
+    )
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="is not a companion-ladder file"):
@@ -216,7 +236,7 @@ def test_live_runs_a_reduced_ladder_without_a_race():
     assert [r["rung"] for r in result["ladder"]] == ["bigram", "gpt2"] and result["race"] is None
     assert list(result["config"]["seeds"]) == [0]
     with pytest.raises(ValueError, match="has no race"):
-        exp.plot_race(result)
+        report.plot_race(result)
 
 
 @pytest.mark.skipif(not committed("ladder").exists(), reason="the full run is committed by the lead")
@@ -226,5 +246,5 @@ def test_committed_full_result_is_complete():
     assert result["config"] == json.loads(json.dumps(dataclasses.asdict(cfg)))  # made by the preset as it is now
     assert result["command"].startswith("python -m companion.experiments.ladder --preset full")
     assert len(cfg.seeds) >= 3 and len(cfg.race_seeds) >= 3
-    assert {(r["rung"], r["seed"]) for r in result["runs"]} == set(cfg.planned_runs())
+    assert {(r["rung"], r["seed"], r["init"]) for r in result["runs"]} == set(cfg.planned_runs())
     assert abs(result["race"]["parameter_gap"]) < 0.02

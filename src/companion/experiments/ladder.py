@@ -3,23 +3,25 @@
 Every rung of ``companion.experiments.ladder_models.RUNGS`` (bigram table -> embeddings -> one-head
 attention -> multiple heads -> feed-forward -> residual connections -> LayerNorm, the GPT-2 block ->
 the modern Llama block) is trained on companion's Shakespeare characters with one budget and one
-recipe: the same steps, batch, block_size, AdamW schedule and seeds (seed s fixes a model's
-initialisation and its batch order, identical for every rung). Each is scored on the whole
+recipe: the same steps, batch, block_size, AdamW schedule, initialisation scheme (``init``: PyTorch's
+per-layer defaults unless set; see ``ladder_models`` for why) and seeds (seed s fixes a model's
+initial draw and its batch order, identical for every rung). Each is scored on the whole
 validation split, cut into non-overlapping windows of block_size characters (every character but
 the first predicted once, from the characters before it in its window), in bits per character,
 with its own sampling error; the ladder reports mean +- standard error over the seeds.
 
-**The race** pairs the GPT-2 rung with the modern rung, whose SwiGLU width makes the two parameter
-counts match: the same tokens, steps, learning rate and seeds (``race_seeds``, which extend the
-ladder's), compared seed by seed (mean difference, its standard error, a paired t-test) next to
-the test split's own sampling error of that difference. The verdict is "tie" unless the paired
+**The race** pairs the GPT-2 block with the modern block, whose SwiGLU width makes the two parameter
+counts match, each with the package's own initialisation (GPT-2's N(0, 0.02), which Llama uses
+too): the same tokens, steps, learning rate and seeds (``race_seeds``), compared seed by seed
+(mean difference, its standard error, a paired t-test) next to the test split's own sampling
+error of that difference. The verdict is "tie" unless the paired
 test gives p < 0.05 AND the difference exceeds twice that sampling error.
 
     python -m companion.experiments.ladder --preset full --threads 2 --out src/companion/results/ladder.json
     python -m companion.experiments.ladder --preset tiny          # writes ./ladder_tiny.json
 
-The notebook runs `live` (a few rungs, one seed, seconds) and draws a result with `plot_ladder`
-and `plot_race`.
+The notebook runs `live` (a smaller ladder, one seed, seconds); ``companion.experiments.ladder_report``
+draws and tabulates a result.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from companion.experiments import (
     utc_now,
     write_json,
 )
-from companion.experiments.ladder_models import LABELS, RUNGS, build_rung, gpt_config, llama_config
+from companion.experiments.ladder_models import INITS, LABELS, RUNGS, build_rung, gpt_config, llama_config
 from companion.experiments.positions import position_losses
 from companion.nn.gpt import GPTConfig
 from companion.scaling.counting import (
@@ -63,6 +65,7 @@ from companion.training.trainer import TrainConfig, train
 NAME = "ladder"
 FORMAT = "companion-ladder"
 RACE = ("gpt2", "modern")  # the race: the GPT-2 block against the modern block
+RACE_INIT = "gpt2"  # ... each as the package initialises it
 P_THRESHOLD = 0.05
 LN2 = math.log(2)
 
@@ -84,12 +87,15 @@ class LadderConfig:
     lr: float = 2e-3  # one learning rate for every rung (chapter 2's positional runs at this shape)
     min_lr: float = 2e-4
     warmup_steps: int = 50
+    init: str = "pytorch"  # the ladder's initialisation, one of ladder_models.INITS (the race's is RACE_INIT)
     corpus_chars: int | None = None  # use only the first this many characters (None: all)
     eval_chars: int | None = None  # score only the first this many validation characters (None: all)
 
     def __post_init__(self) -> None:
         if not self.rungs or [r for r in RUNGS if r in self.rungs] != list(self.rungs):
             raise ValueError(f"rungs must be a non-empty subset of {RUNGS}, in that order, got {self.rungs}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
         if len(set(self.race_seeds)) != len(self.race_seeds) or len(self.race_seeds) == 1:
@@ -115,11 +121,11 @@ class LadderConfig:
             device="cpu",
         )
 
-    def planned_runs(self) -> list[tuple[str, int]]:
-        """Every (rung, seed) to train: the ladder's, then the race's extra seeds."""
-        runs = [(rung, seed) for seed in self.seeds for rung in self.rungs]
-        extra = [(rung, seed) for seed in self.race_seeds for rung in RACE if (rung, seed) not in runs]
-        return runs + extra
+    def planned_runs(self) -> list[tuple[str, int, str]]:
+        """Every (rung, seed, init) to train: the ladder's, then the race's (shared when the inits agree)."""
+        runs = [(rung, seed, self.init) for seed in self.seeds for rung in self.rungs]
+        race = [(rung, seed, RACE_INIT) for seed in self.race_seeds for rung in RACE]
+        return runs + [r for r in race if r not in runs]
 
 
 PRESETS = {
@@ -138,14 +144,7 @@ PRESETS = {
         corpus_chars=60_000,
     ),
 }
-LIVE = LadderConfig(  # the notebook's reduced version: five rungs, one seed, fewer steps, part of the split
-    "live",
-    rungs=("bigram", "embed", "heads", "gpt2", "modern"),
-    seeds=(0,),
-    race_seeds=(),
-    steps=120,
-    eval_chars=20_000,
-)
+LIVE = LadderConfig("live", seeds=(0,), race_seeds=(), steps=100, eval_chars=20_000)  # the notebook's reduced run
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -180,11 +179,12 @@ def bigram_count_bits(train_ids: torch.Tensor, windows: torch.Tensor) -> float:
 
 
 def run_one(
-    cfg: LadderConfig, rung: str, seed: int, train_ids: torch.Tensor, windows: torch.Tensor, vocab_size: int
+    cfg: LadderConfig, run: tuple[str, int, str], train_ids: torch.Tensor, windows: torch.Tensor, vocab_size: int
 ) -> tuple[dict[str, Any], torch.Tensor]:
-    """Train one rung at one seed and score it: (its JSON record, per-character losses (n, T) in nats)."""
+    """Train one (rung, seed, init) and score it: (its JSON record, per-character losses (n, T) in nats)."""
+    rung, seed, init = run
     torch.manual_seed(seed)
-    model = build_rung(rung, cfg.gpt_config(vocab_size))
+    model = build_rung(rung, cfg.gpt_config(vocab_size), init)
     t0 = time.perf_counter()
     history = train(model, train_ids, None, cfg.train_config(seed), progress=False)
     train_seconds = time.perf_counter() - t0
@@ -194,6 +194,7 @@ def run_one(
     record = {
         "rung": rung,
         "seed": seed,
+        "init": init,
         "val_bits": round(scores["mean"], 5),
         "val_se_chars": round(scores["se_chars"], 5),
         "val_se_windows": round(scores["se_windows"], 5),
@@ -208,14 +209,14 @@ def run_one(
 # ----------------------------------------------------------------------------- summaries
 
 
-def ladder_summary(runs: list[dict[str, Any]], rungs: tuple[str, ...], seeds: tuple[int, ...]) -> list[dict[str, Any]]:
-    """Per rung over `seeds`: label, parameters, mean bits per character and its standard error."""
+def ladder_summary(runs: list[dict[str, Any]], cfg: LadderConfig) -> list[dict[str, Any]]:
+    """Per rung of `cfg` over its seeds and init: label, parameters, mean bits per character and its standard error."""
     out = []
-    for rung in rungs:
-        vals = [r["val_bits"] for r in runs if r["rung"] == rung and r["seed"] in seeds]
-        if len(vals) != len(seeds):
-            raise ValueError(f"rung {rung!r} has {len(vals)} runs for {len(seeds)} seeds")
-        params = {r["parameters"] for r in runs if r["rung"] == rung}
+    for rung in cfg.rungs:
+        mine = [r for r in runs if r["rung"] == rung and r["seed"] in cfg.seeds and r["init"] == cfg.init]
+        if len(mine) != len(cfg.seeds):
+            raise ValueError(f"rung {rung!r} has {len(mine)} runs for {len(cfg.seeds)} seeds")
+        vals, params = [r["val_bits"] for r in mine], {r["parameters"] for r in mine}
         mean, se = mean_se(vals)
         out.append(
             {"rung": rung, "label": LABELS[rung], "parameters": params.pop(), "bits": mean, "se": se, "n": len(vals)}
@@ -229,8 +230,9 @@ def race_summary(
     """The paired comparison of RACE over cfg.race_seeds; difference = gpt2 - modern (> 0: modern is better)."""
     a, b = RACE
     seeds = list(cfg.race_seeds)
-    bits = {(r["rung"], r["seed"]): r["val_bits"] for r in runs}
-    se_chars = {(r["rung"], r["seed"]): r["val_se_chars"] for r in runs}
+    raced = [r for r in runs if r["init"] == RACE_INIT]
+    bits = {(r["rung"], r["seed"]): r["val_bits"] for r in raced}
+    se_chars = {(r["rung"], r["seed"]): r["val_se_chars"] for r in raced}
     diffs = [bits[a, s] - bits[b, s] for s in seeds]
     mean, se = mean_se(diffs)
     if se > 0:
@@ -272,18 +274,18 @@ def race_summary(
 
 
 def run(cfg: LadderConfig, verbose: bool = False) -> dict[str, Any]:
-    """Train every planned (rung, seed) of `cfg`; returns the JSON-ready result."""
+    """Train every planned (rung, seed, init) of `cfg`; returns the JSON-ready result."""
     tok, train_ids, val_ids = shakespeare_chars(cfg.corpus_chars)
     windows = split_windows(val_ids[: cfg.eval_chars] if cfg.eval_chars else val_ids, cfg.block_size)
     runs, losses = [], {}
-    for rung, seed in cfg.planned_runs():
-        record, char_losses = run_one(cfg, rung, seed, train_ids, windows, tok.vocab_size)
+    for rung, seed, init in cfg.planned_runs():
+        record, char_losses = run_one(cfg, (rung, seed, init), train_ids, windows, tok.vocab_size)
         runs.append(record)
-        if rung in RACE:
+        if rung in RACE and init == RACE_INIT:
             losses[rung, seed] = char_losses
         if verbose:
             print(
-                f"{rung:>9} seed {seed}: {record['val_bits']:.4f} bits/char "
+                f"{rung:>9} seed {seed} ({init} init): {record['val_bits']:.4f} bits/char "
                 f"({record['parameters']:,} parameters, {record['train_seconds']:.0f} s)",
                 flush=True,
             )
@@ -300,14 +302,15 @@ def run(cfg: LadderConfig, verbose: bool = False) -> dict[str, Any]:
         },
         "reference": {"bigram_counts_bits": bigram_count_bits(train_ids, windows)},
         "runs": runs,
-        "ladder": ladder_summary(runs, cfg.rungs, cfg.seeds),
+        "ladder": ladder_summary(runs, cfg),
         "race": race_summary(cfg, runs, losses, tok.vocab_size) if cfg.race_seeds else None,
         "metadata": {"date_utc": utc_now(), **machine(), "device": "cpu"},
     }
 
 
 def live(verbose: bool = False, **overrides: Any) -> dict[str, Any]:
-    """The notebook's reduced run: `LIVE` (five rungs, one seed, 120 steps) with any field overridden."""
+    """The notebook's reduced run: `LIVE` (every rung, one seed, 100 steps, 20,000 validation characters),
+    any field overridden (e.g. ``rungs=("bigram", "gpt2", "modern")``, ``steps=50``)."""
     return run(dataclasses.replace(LIVE, **overrides), verbose=verbose)
 
 
@@ -318,70 +321,6 @@ def load_result(path: str | Path | None = None) -> dict[str, Any]:
     if result.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file (format {result.get('format')!r})")
     return result
-
-
-def ladder_table(result: dict[str, Any]) -> str:
-    """A Markdown table of the ladder: rung, parameters, bits per character (mean +- standard error, n seeds)."""
-    rows = ["| rung | parameters | bits per character |", "|---|---:|---:|"]
-    for r in result["ladder"]:
-        rows.append(f"| {r['label']} | {r['parameters']:,} | {r['bits']:.3f} ± {r['se']:.3f} (n = {r['n']}) |")
-    return "\n".join(rows)
-
-
-def plot_ladder(result: dict[str, Any], ax: Any = None, title: str | None = None):
-    """Bits per character of every rung, mean with +-1 standard error bars, parameters written above; the axes."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 4))
-    ladder = result["ladder"]
-    x = range(len(ladder))
-    bits, se = [r["bits"] for r in ladder], [r["se"] for r in ladder]
-    ax.errorbar(x, bits, yerr=se, marker="o", capsize=4, linestyle="-", color="C0", label="trained, this budget")
-    for i, r in enumerate(ladder):
-        ax.annotate(
-            f"{r['parameters'] / 1000:.1f}k",
-            (i, r["bits"]),
-            textcoords="offset points",
-            xytext=(0, 8),
-            ha="center",
-            fontsize=7,
-            color="grey",
-        )
-    counted = result["reference"]["bigram_counts_bits"]
-    ax.axhline(counted, color="C1", linestyle="--", linewidth=1, label=f"bigram from counts ({counted:.2f})")
-    ax.set_xticks(list(x), [r["label"].replace(" (", "\n(") for r in ladder], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("validation bits per character")
-    cfg = result["config"]
-    seeds = len(cfg["seeds"])
-    ax.set_title(title or f"The ablation ladder ({cfg['steps']} steps, {seeds} seed{'s' * (seeds > 1)}, ±1 SE)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return ax
-
-
-def plot_race(result: dict[str, Any], ax: Any = None, title: str | None = None):
-    """The race seed by seed: one line per seed from the GPT-2 block to the modern block, the means +-1 SE; the axes."""
-    import matplotlib.pyplot as plt
-
-    race = result["race"]
-    if race is None:
-        raise ValueError("this result has no race (its race_seeds are empty)")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.5, 4))
-    a, b = race["pair"]
-    for row in race["per_seed"]:
-        ax.plot([0, 1], [row[a], row[b]], color="grey", alpha=0.6, marker=".")
-    for i, rung in enumerate((a, b)):
-        mean, se = mean_se([row[rung] for row in race["per_seed"]])
-        ax.errorbar([i], [mean], yerr=[se], marker="o", capsize=5, color=f"C{i}", markersize=8)
-    ax.set_xticks([0, 1], [LABELS[a], LABELS[b]], fontsize=8)
-    ax.set_xlim(-0.4, 1.4)
-    ax.set_ylabel("validation bits per character")
-    d, se, p = race["mean_difference"], race["se_difference"], race["p_value"]
-    ax.set_title(title or f"{race['verdict']}: difference {d:+.3f} ± {se:.3f} bits, p = {p:.2g}", fontsize=9)
-    ax.grid(alpha=0.3)
-    return ax
 
 
 def main(argv: list[str] | None = None) -> int:

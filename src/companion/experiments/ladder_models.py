@@ -22,10 +22,19 @@ rung           what it adds to the rung below
 
 The rungs ``embed`` .. ``residual`` are `LadderModel`, a GPT with parts switched off by flags; it
 registers its layers in GPT's order, so at one seed it draws exactly GPT's weights for the parts
-it has. All rungs use GPT-2's initialisation (`init_gpt_weights`) and an untied output head (Llama's
-default, and what keeps the ``embed`` rung a full bigram: a tied head could only score symmetric
-pairs); a rung without residual connections has no residual branches to down-scale, so its
-output projections get the plain 0.02 standard deviation.
+it has. Every rung has an untied output head (Llama's default, and what keeps the ``embed`` rung
+a full bigram: a tied head could only score symmetric pairs).
+
+Two initialisations (`INITS`), one for all the rungs of a ladder:
+
+* ``"gpt2"``: what the package's models do, GPT-2's N(0, 0.02) (`init_gpt_weights`; a rung
+  without residual connections has no residual branches to down-scale). It is made for a
+  normalised residual stream: without LayerNorm the stream stays about 0.02 in size, queries and
+  keys start near zero, attention stays uniform for a long time (the one-head and many-head rungs
+  train to the same numbers for the first hundred steps) and the rungs below ``gpt2`` are starved;
+* ``"pytorch"``: every layer's own PyTorch default (`pytorch_init`: Linear uniform in
+  +-1/sqrt(fan_in), Embedding N(0, 1), norms 1 and 0), the setting of Karpathy's lecture, which
+  leaves every rung a unit-size stream to start from.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from companion.nn.output import ModelOutput
 from companion.scaling.counting import gpt_parameters, llama_parameters
 from companion.training.objectives import lm_loss
 
+INITS = ("pytorch", "gpt2")
 RUNGS = ("bigram", "embed", "attention", "heads", "ffn", "residual", "gpt2", "modern")
 LABELS = {
     "bigram": "bigram table",
@@ -186,16 +196,30 @@ def llama_config(gpt: GPTConfig) -> LlamaConfig:
     return dataclasses.replace(llama, d_ff=matched_swiglu_width(gpt, llama))
 
 
-def build_rung(rung: str, config: GPTConfig) -> nn.Module:
-    """A fresh model for `rung` (one of RUNGS) of the shape `config`; seed torch before calling."""
+def pytorch_init(model: nn.Module) -> nn.Module:
+    """Re-draw every layer of `model` with PyTorch's own default initialisation (``reset_parameters``);
+    a layer without one (RMSNorm, gain 1) keeps its values. Returns the model."""
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return model
+
+
+def build_rung(rung: str, config: GPTConfig, init: str = "gpt2") -> nn.Module:
+    """A fresh model for `rung` (one of RUNGS) of the shape `config`, initialised by `init` (one of INITS);
+    seed torch before calling."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     if rung == "bigram":
-        return BigramLM(config)
-    if rung == "gpt2":
-        return GPT(config)
-    if rung == "modern":
-        return Llama(llama_config(config))
-    if rung not in LADDER_FLAGS:
+        model = BigramLM(config)
+    elif rung == "gpt2":
+        model = GPT(config)
+    elif rung == "modern":
+        model = Llama(llama_config(config))
+    elif rung in LADDER_FLAGS:
+        heads, ffn, residual = LADDER_FLAGS[rung]
+        shape = config if heads is None else dataclasses.replace(config, n_heads=max(heads, 1))
+        model = LadderModel(shape, attention=heads != 0, ffn=ffn, residual=residual)
+    else:
         raise ValueError(f"unknown rung {rung!r}; choose one of {', '.join(RUNGS)}")
-    heads, ffn, residual = LADDER_FLAGS[rung]
-    shape = config if heads is None else dataclasses.replace(config, n_heads=max(heads, 1))
-    return LadderModel(shape, attention=heads != 0, ffn=ffn, residual=residual)
+    return pytorch_init(model) if init == "pytorch" else model
