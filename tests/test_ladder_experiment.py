@@ -201,7 +201,7 @@ def test_config_validation():
 
 
 @pytest.mark.slow
-def test_tiny_run_writes_a_complete_result(tmp_path, monkeypatch):
+def test_tiny_run_writes_a_complete_result(tmp_path, monkeypatch, restore_threads):
     monkeypatch.chdir(tmp_path)
     assert exp.main(["--preset", "tiny", "--threads", "1", "--quiet"]) == 0
     result = exp.load_result(tmp_path / "ladder_tiny.json")  # the default: never the committed result
