@@ -181,6 +181,25 @@ def test_race_summary_is_a_paired_comparison_with_a_verdict():
     assert swamped["p_value"] < 0.05 and swamped["test_se_difference_chars"] > 0.05 and swamped["verdict"] == "tie"
 
 
+def test_ladder_summary_steps_are_paired_by_seed():
+    cfg = exp.LadderConfig("sum", rungs=("bigram", "embed", "gpt2"), seeds=(0, 1, 2))
+    bits = {"bigram": [4.0, 4.5, 5.0], "embed": [3.0, 3.4, 3.8], "gpt2": [2.0, 2.6, 2.5]}
+    runs = [
+        {"rung": rung, "seed": seed, "init": init, "val_bits": v + (init == "gpt2"), "parameters": len(rung)}
+        for rung, values in bits.items()
+        for seed, v in enumerate(values)
+        for init in ("pytorch", "gpt2")
+    ]
+    ladder = exp.ladder_summary(runs, cfg)
+    assert [r["rung"] for r in ladder] == list(cfg.rungs) and [r["parameters"] for r in ladder] == [6, 5, 4]
+    assert ladder[1]["bits"] == pytest.approx(3.4) and ladder[1]["se"] == pytest.approx(0.4 / math.sqrt(3))
+    assert ladder[0]["gain"] is None and ladder[1]["gain"] == pytest.approx(1.1)
+    assert ladder[1]["gain_se"] == pytest.approx(torch.tensor([1.0, 1.1, 1.2]).std().item() / math.sqrt(3))
+    assert ladder[2]["gain"] == pytest.approx(1.0333333)  # paired: 1.0, 0.8, 1.3
+    with pytest.raises(ValueError, match="not for all of"):
+        exp.ladder_summary(runs, dataclasses.replace(cfg, seeds=(0, 5)))
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="rungs must be"):
         exp.LadderConfig("bad", rungs=("gpt2", "bigram"))
@@ -219,7 +238,8 @@ def test_tiny_run_writes_a_complete_result(tmp_path, monkeypatch, restore_thread
     assert race["parameters"]["gpt2"] == next(r["parameters"] for r in result["runs"] if r["rung"] == "gpt2")
     assert {r["init"] for r in result["runs"]} == {cfg.init, exp.RACE_INIT}
     assert result["metadata"]["torch_threads"] == 1 and result["metadata"]["wall_seconds"] > 0
-    assert report.ladder_table(result).count("\n") == len(cfg.rungs) + 1
+    table = report.ladder_table(result)
+    assert table.count("\n") == len(cfg.rungs) + 3 and table.endswith("(n = 2 seeds)")
     assert len(report.plot_ladder(result).lines) >= 2 and report.plot_race(result).get_title().startswith(
         race["verdict"]
     )

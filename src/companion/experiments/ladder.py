@@ -192,17 +192,21 @@ def run_one(
 
 
 def ladder_summary(runs: list[dict[str, Any]], cfg: LadderConfig) -> list[dict[str, Any]]:
-    """Per rung of `cfg` over its seeds and init: label, parameters, mean bits per character and its standard error."""
-    out = []
+    """Per rung of `cfg` over its seeds and init: label, parameters, mean bits per character and its standard
+    error, and the step from the rung before it ("gain", bits saved, paired by seed, with its standard error)."""
+    out, below = [], None
     for rung in cfg.rungs:
-        mine = [r for r in runs if r["rung"] == rung and r["seed"] in cfg.seeds and r["init"] == cfg.init]
-        if len(mine) != len(cfg.seeds):
-            raise ValueError(f"rung {rung!r} has {len(mine)} runs for {len(cfg.seeds)} seeds")
-        vals, params = [r["val_bits"] for r in mine], {r["parameters"] for r in mine}
-        mean, se = mean_se(vals)
+        bits = {r["seed"]: r["val_bits"] for r in runs if r["rung"] == rung and r["init"] == cfg.init}
+        if not set(cfg.seeds) <= set(bits):
+            raise ValueError(f"rung {rung!r} has runs for seeds {sorted(bits)}, not for all of {cfg.seeds}")
+        mean, se = mean_se([bits[s] for s in cfg.seeds])
+        gain, gain_se = mean_se([below[s] - bits[s] for s in cfg.seeds]) if below else (None, None)
+        params = next(r["parameters"] for r in runs if r["rung"] == rung)
         out.append(
-            {"rung": rung, "label": LABELS[rung], "parameters": params.pop(), "bits": mean, "se": se, "n": len(vals)}
+            {"rung": rung, "label": LABELS[rung], "parameters": params, "bits": mean, "se": se, "n": len(cfg.seeds)}
+            | {"gain": gain, "gain_se": gain_se}
         )
+        below = bits
     return out
 
 
@@ -230,8 +234,10 @@ def race_summary(
     n_a, n_b = gpt_parameters(gpt).total, llama_parameters(llama).total
     return {
         "pair": list(RACE),
+        "init": RACE_INIT,
         "seeds": seeds,
         "lr": cfg.lr,
+        "tokens_per_run": cfg.steps * cfg.batch_size * cfg.block_size,
         "parameters": {a: n_a, b: n_b},
         "parameter_gap": round((n_b - n_a) / n_a, 5),
         "d_ff": {a: gpt.d_ff, b: llama.d_ff},

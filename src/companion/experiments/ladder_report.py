@@ -8,11 +8,14 @@ from companion.analysis.metrics import mean_se
 
 
 def ladder_table(result: dict[str, Any]) -> str:
-    """A Markdown table of the ladder: rung, parameters, bits per character (mean +- standard error, n seeds)."""
-    rows = ["| rung | parameters | bits per character |", "|---|---:|---:|"]
+    """A Markdown table of the ladder: rung, parameters, bits per character and the step from the rung before
+    (bits saved), each mean +- standard error over the seeds."""
+    rows = ["| rung | parameters | bits per character | step (bits saved) |", "|---|---:|---:|---:|"]
     for r in result["ladder"]:
-        rows.append(f"| {r['label']} | {r['parameters']:,} | {r['bits']:.3f} ± {r['se']:.3f} (n = {r['n']}) |")
-    return "\n".join(rows)
+        step = "" if r["gain"] is None else f"{r['gain']:+.3f} ± {r['gain_se']:.3f}"
+        rows.append(f"| {r['label']} | {r['parameters']:,} | {r['bits']:.3f} ± {r['se']:.3f} | {step} |")
+    seeds = result["ladder"][0]["n"]
+    return "\n".join(rows) + f"\n\n(n = {seeds} seed{'s' * (seeds > 1)})"
 
 
 def plot_ladder(result: dict[str, Any], ax: Any = None, title: str | None = None):
