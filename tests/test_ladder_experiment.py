@@ -240,9 +240,11 @@ def test_tiny_run_writes_a_complete_result(tmp_path, monkeypatch, restore_thread
     assert result["metadata"]["torch_threads"] == 1 and result["metadata"]["wall_seconds"] > 0
     table = report.ladder_table(result)
     assert table.count("\n") == len(cfg.rungs) + 3 and table.endswith("(n = 2 seeds)")
-    assert len(report.plot_ladder(result).lines) >= 2 and report.plot_race(result).get_title().startswith(
-        race["verdict"]
-    )
+    ax = report.plot_ladder(result)
+    assert len(ax.containers) == 2 and "GPT-2's N(0, 0.02) init (the race, 2 seeds)" in [
+        t.get_text() for t in ax.get_legend().get_texts()
+    ]
+    assert len(ax.lines) >= 2 and report.plot_race(result).get_title().startswith(race["verdict"])
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="is not a companion-ladder file"):

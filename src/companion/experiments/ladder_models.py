@@ -53,6 +53,7 @@ from companion.scaling.counting import gpt_parameters, llama_parameters
 from companion.training.objectives import lm_loss
 
 INITS = ("pytorch", "gpt2")
+INIT_NAMES = {"pytorch": "PyTorch's default init", "gpt2": "GPT-2's N(0, 0.02) init"}
 RUNGS = ("bigram", "embed", "attention", "heads", "ffn", "residual", "gpt2", "modern")
 LABELS = {
     "bigram": "bigram table",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from companion.analysis.metrics import mean_se
+from companion.experiments.ladder_models import INIT_NAMES
 
 
 def ladder_table(result: dict[str, Any]) -> str:
@@ -31,6 +32,14 @@ def plot_ladder(result: dict[str, Any], ax: Any = None, title: str | None = None
     for i, r in enumerate(ladder):
         label = f"{r['parameters'] / 1000:.1f}k"
         ax.annotate(label, (i, r["bits"]), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7)
+    race, shown = result["race"], [r["rung"] for r in ladder]
+    if race is not None and race["init"] != result["config"]["init"] and set(race["pair"]) <= set(shown):
+        # the race trained the same two rungs with the models' own initialisation: show them too
+        stats = [mean_se([row[rung] for row in race["per_seed"]]) for rung in race["pair"]]
+        xs, means, ses = [shown.index(rung) for rung in race["pair"]], [m for m, _ in stats], [e for _, e in stats]
+        label = f"{INIT_NAMES[race['init']]} (the race, {len(race['seeds'])} seeds)"
+        style = {"marker": "s", "mfc": "none", "capsize": 4, "linestyle": "none", "color": "C2"}
+        ax.errorbar(xs, means, yerr=ses, label=label, **style)
     counted = result["reference"]["bigram_counts_bits"]
     ax.axhline(counted, color="C1", linestyle="--", linewidth=1, label=f"bigram from counts ({counted:.2f})")
     ax.set_xticks(list(x), [r["label"].replace(" (", "\n(") for r in ladder], rotation=30, ha="right", fontsize=8)
@@ -38,7 +47,7 @@ def plot_ladder(result: dict[str, Any], ax: Any = None, title: str | None = None
     ax.margins(y=0.12)  # room for the parameter counts
     cfg = result["config"]
     seeds = len(cfg["seeds"])
-    runs = f"{cfg['steps']} steps, {seeds} seed{'s' * (seeds > 1)}, {cfg['init']} init, ±1 SE"
+    runs = f"{cfg['steps']} steps, {seeds} seed{'s' * (seeds > 1)}, {INIT_NAMES[cfg['init']]}, ±1 SE"
     ax.set_title(title or f"The ablation ladder ({runs})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
