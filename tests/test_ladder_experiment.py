@@ -154,14 +154,21 @@ def test_mean_and_standard_errors():
 
 def _race_result(gpt_bits, modern_bits, char_gap):
     cfg = dataclasses.replace(exp.PRESETS["tiny"], race_seeds=tuple(range(len(gpt_bits))))
-    runs, losses = [], {}
+    lrs, race = {"gpt2": 4e-3, "modern": 2e-3}, {}
     for rung, values in zip(exp.RACE, (gpt_bits, modern_bits)):
         for seed, v in enumerate(values):
-            runs.append({"rung": rung, "seed": seed, "init": "gpt2", "val_bits": v, "val_se_chars": 0.01})
-            runs.append({"rung": rung, "seed": seed, "init": "pytorch", "val_bits": 9.0, "val_se_chars": 0.01})
-            base = torch.linspace(1.0, 2.0, 40).view(10, 4)  # (n, T) nats
-            losses[rung, seed] = base + (char_gap * torch.linspace(-1, 1, 40).view(10, 4) if rung == "modern" else 0)
-    return exp.race_summary(cfg, runs, losses, vocab_size=11)
+            record = {"rung": rung, "seed": seed, "init": "gpt2", "lr": lrs[rung], "val_bits": v, "val_se_chars": 0.01}
+            losses = torch.linspace(1.0, 2.0, 40).view(10, 4)  # (n, T) nats
+            if rung == "modern":
+                losses = losses + char_gap * torch.linspace(-1, 1, 40).view(10, 4)
+            race[rung, seed, "gpt2", lrs[rung]] = (record, losses)
+    sweep = [
+        {"rung": rung, "seed": 0, "lr": lr, "final_train_bits": 3 - (lr == lrs[rung]), "val_bits": 3.0}
+        for lr in cfg.race_lrs
+        for rung in exp.RACE
+    ]
+    assert exp.best_lrs(cfg, sweep) == lrs
+    return exp.race_summary(cfg, lrs, race, sweep, vocab_size=11)
 
 
 def test_race_summary_is_a_paired_comparison_with_a_verdict():
@@ -173,6 +180,8 @@ def test_race_summary_is_a_paired_comparison_with_a_verdict():
     assert race["se_difference"] == pytest.approx(torch.tensor([0.1, 0.09, 0.11, 0.09]).std().item() / 2)
     assert race["parameter_gap"] < 0.02 and race["test_se"] == {"gpt2": 0.01, "modern": 0.01}
     assert race["test_se_difference_chars"] == 0.0  # identical per-character losses
+    assert race["lr"] == {"gpt2": 4e-3, "modern": 2e-3} and race["lr_sweep"]["lrs"] == [2e-3, 4e-3]
+    assert race["lr_sweep"]["best_at_edge"] == {"gpt2": True, "modern": True} and len(race["lr_sweep"]["runs"]) == 4
     assert _race_result(modern, gpt, 0.0)["verdict"] == "gpt2"
     noisy = _race_result([2.0, 2.1, 2.0], [2.1, 2.0, 1.9], 0.0)
     assert noisy["p_value"] > 0.05 and noisy["verdict"] == "tie"
@@ -185,10 +194,12 @@ def test_ladder_summary_steps_are_paired_by_seed():
     cfg = exp.LadderConfig("sum", rungs=("bigram", "embed", "gpt2"), seeds=(0, 1, 2))
     bits = {"bigram": [4.0, 4.5, 5.0], "embed": [3.0, 3.4, 3.8], "gpt2": [2.0, 2.6, 2.5]}
     runs = [
-        {"rung": rung, "seed": seed, "init": init, "val_bits": v + (init == "gpt2"), "parameters": len(rung)}
+        {"rung": rung, "seed": seed, "init": init, "lr": lr, "val_bits": v + ((init, lr) != ("pytorch", cfg.lr))}
+        | {"parameters": len(rung)}  # other inits and learning rates: one bit worse, not the ladder's
         for rung, values in bits.items()
         for seed, v in enumerate(values)
         for init in ("pytorch", "gpt2")
+        for lr in (cfg.lr, 1.0)
     ]
     ladder = exp.ladder_summary(runs, cfg)
     assert [r["rung"] for r in ladder] == list(cfg.rungs) and [r["parameters"] for r in ladder] == [6, 5, 4]
@@ -211,11 +222,18 @@ def test_config_validation():
         exp.LadderConfig("bad", race_seeds=(0,))
     with pytest.raises(ValueError, match="init must be one of"):
         exp.LadderConfig("bad", init="xavier")
-    cfg = exp.LadderConfig("plan", rungs=("bigram", "gpt2"), seeds=(0, 1), race_seeds=(1, 2), init="gpt2")
-    ladder = [("bigram", 0, "gpt2"), ("gpt2", 0, "gpt2"), ("bigram", 1, "gpt2"), ("gpt2", 1, "gpt2")]
-    assert cfg.planned_runs() == ladder + [("modern", 1, "gpt2"), ("gpt2", 2, "gpt2"), ("modern", 2, "gpt2")]
-    mixed = dataclasses.replace(cfg, init="pytorch").planned_runs()  # the race keeps the models' own init
-    assert len(mixed) == 4 + 4 and {r[2] for r in mixed[4:]} == {"gpt2"}
+    with pytest.raises(ValueError, match="race_lrs must be"):
+        exp.LadderConfig("bad", race_lrs=(1e-3, 0.0))
+    cfg = exp.LadderConfig("plan", rungs=("bigram", "gpt2"), seeds=(0, 1), race_seeds=(1, 2), race_lrs=(1e-3, 2e-3))
+    assert cfg.ladder_runs() == [(r, s, "pytorch", cfg.lr) for s in (0, 1) for r in ("bigram", "gpt2")]
+    assert cfg.sweep_runs() == [(r, 1, "gpt2", lr) for lr in (1e-3, 2e-3) for r in ("gpt2", "modern")]
+    lrs = {"gpt2": 2e-3, "modern": 1e-3}
+    assert cfg.race_runs(lrs) == [(r, s, "gpt2", lrs[r]) for s in (1, 2) for r in ("gpt2", "modern")]
+    assert dataclasses.replace(cfg, race_lrs=(3e-3,)).sweep_runs() == []  # one learning rate: nothing to sweep
+    assert exp.best_lrs(dataclasses.replace(cfg, race_lrs=(3e-3,)), []) == {"gpt2": 3e-3, "modern": 3e-3}
+    recipe = cfg.train_config(7, lr=4e-3)
+    assert (recipe.seed, recipe.steps, recipe.lr) == (7, cfg.steps, 4e-3)
+    assert recipe.min_lr == pytest.approx(4e-4)  # the ladder's min_lr / lr ratio
     assert cfg.train_config(7).seed == 7 and cfg.train_config(7).steps == cfg.steps
 
 
@@ -226,12 +244,14 @@ def test_tiny_run_writes_a_complete_result(tmp_path, monkeypatch, restore_thread
     result = exp.load_result(tmp_path / "ladder_tiny.json")  # the default: never the committed result
     cfg = exp.PRESETS["tiny"]
     assert result["command"] == "python -m companion.experiments.ladder --preset tiny --threads 1 --quiet"
-    assert {(r["rung"], r["seed"], r["init"]) for r in result["runs"]} == set(cfg.planned_runs())
+    race = result["race"]
+    planned = cfg.ladder_runs() + cfg.sweep_runs() + cfg.race_runs(race["lr"])
+    assert sorted((r["rung"], r["seed"], r["init"], r["lr"]) for r in result["runs"]) == sorted(set(planned))
     assert [r["rung"] for r in result["ladder"]] == list(cfg.rungs)
+    assert len(race["lr_sweep"]["runs"]) == 2 * len(cfg.race_lrs) and set(race["lr"].values()) <= set(cfg.race_lrs)
     uniform = math.log2(result["data"]["vocab_size"])
     for r in result["runs"]:
         assert 0 < r["val_bits"] < uniform + 1 and 0 < r["val_se_chars"] < 1 and 0 < r["val_se_windows"] < 1
-    race = result["race"]
     assert all(row["gpt2"] < uniform for row in race["per_seed"])  # from near uniform, it learned in 12 steps
     assert 0 < result["reference"]["bigram_counts_bits"] < uniform
     assert race["seeds"] == list(cfg.race_seeds) and race["verdict"] in ("tie", "gpt2", "modern")
@@ -268,5 +288,7 @@ def test_committed_full_result_is_complete():
     assert result["config"] == json.loads(json.dumps(dataclasses.asdict(cfg)))  # made by the preset as it is now
     assert result["command"].startswith("python -m companion.experiments.ladder --preset full")
     assert len(cfg.seeds) >= 3 and len(cfg.race_seeds) >= 3
-    assert {(r["rung"], r["seed"], r["init"]) for r in result["runs"]} == set(cfg.planned_runs())
-    assert abs(result["race"]["parameter_gap"]) < 0.02
+    race = result["race"]
+    planned = cfg.ladder_runs() + cfg.sweep_runs() + cfg.race_runs(race["lr"])
+    assert sorted((r["rung"], r["seed"], r["init"], r["lr"]) for r in result["runs"]) == sorted(set(planned))
+    assert abs(race["parameter_gap"]) < 0.02 and len(race["per_seed"]) == len(cfg.race_seeds)

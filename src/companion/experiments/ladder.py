@@ -12,10 +12,12 @@ with its own sampling error; the ladder reports mean +- standard error over the 
 
 **The race** pairs the GPT-2 block with the modern block, whose SwiGLU width makes the two parameter
 counts match, each with the package's own initialisation (GPT-2's N(0, 0.02), which Llama uses
-too): the same tokens, steps, learning rate and seeds (``race_seeds``), compared seed by seed
-(mean difference, its standard error, a paired t-test) next to the test split's own sampling
-error of that difference. The verdict is "tie" unless the paired
-test gives p < 0.05 AND the difference exceeds twice that sampling error.
+too), the same tokens, steps and seeds (``race_seeds``), and each at its own best peak learning
+rate of a small sweep (``race_lrs``, one seed, picked by the lowest final *training* loss, so no
+held-out number is selected on). The two are compared seed by seed (mean difference, its standard
+error, a paired t-test) next to the test split's own sampling error of that difference. The
+verdict is "tie" unless the paired test gives p < 0.05 AND the difference exceeds twice that
+sampling error.
 
     python -m companion.experiments.ladder --preset full --threads 2 --out src/companion/results/ladder.json
     python -m companion.experiments.ladder --preset tiny          # writes ./ladder_tiny.json
@@ -57,6 +59,7 @@ FORMAT = "companion-ladder"
 RACE = ("gpt2", "modern")  # the race: the GPT-2 block against the modern block
 RACE_INIT = "gpt2"  # ... each as the package initialises it
 P_THRESHOLD = 0.05
+RunKey = tuple[str, int, str, float]  # (rung, seed, init, peak learning rate)
 LN2 = math.log(2)
 
 
@@ -67,7 +70,8 @@ class LadderConfig:
     name: str
     rungs: tuple[str, ...] = RUNGS
     seeds: tuple[int, ...] = (0, 1, 2)  # every rung of the ladder
-    race_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # the two race rungs; () for no race
+    race_seeds: tuple[int, ...] = (0, 1, 2)  # the two race rungs (the first also sweeps race_lrs); () for no race
+    race_lrs: tuple[float, ...] = (2e-3, 4e-3, 8e-3, 1.6e-2)  # each race rung's peak lr is the best of these
     n_layers: int = 2
     n_heads: int = 4
     d_model: int = 64
@@ -88,6 +92,8 @@ class LadderConfig:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+        if not self.race_lrs or len(set(self.race_lrs)) != len(self.race_lrs) or min(self.race_lrs) <= 0:
+            raise ValueError(f"race_lrs must be distinct positive learning rates, at least one, got {self.race_lrs}")
         if len(set(self.race_seeds)) != len(self.race_seeds) or len(self.race_seeds) == 1:
             raise ValueError(
                 f"race_seeds must be () or at least 2 distinct seeds (a paired test), got {self.race_seeds}"
@@ -97,15 +103,26 @@ class LadderConfig:
         """The shared shape (GPT-2's block, no dropout, an untied head); the modern rung derives its own."""
         return gpt_config(vocab_size, self.block_size, self.n_layers, self.n_heads, self.d_model)
 
-    def train_config(self, seed: int) -> TrainConfig:
-        """The trainer's recipe; the seed fixes the batch order (the model's initialisation is seeded apart)."""
-        return cpu_train_config(self, seed)
+    def train_config(self, seed: int, lr: float | None = None) -> TrainConfig:
+        """The trainer's recipe at peak learning rate `lr` (default: the ladder's; min_lr keeps its ratio to lr);
+        the seed fixes the batch order (the model's initial draw is seeded apart)."""
+        lr = self.lr if lr is None else lr
+        return cpu_train_config(dataclasses.replace(self, lr=lr, min_lr=self.min_lr * lr / self.lr), seed)
 
-    def planned_runs(self) -> list[tuple[str, int, str]]:
-        """Every (rung, seed, init) to train: the ladder's, then the race's (shared when the inits agree)."""
-        runs = [(rung, seed, self.init) for seed in self.seeds for rung in self.rungs]
-        race = [(rung, seed, RACE_INIT) for seed in self.race_seeds for rung in RACE]
-        return runs + [r for r in race if r not in runs]
+    def ladder_runs(self) -> list[RunKey]:
+        """Every (rung, seed, init, lr) of the ladder."""
+        return [(rung, seed, self.init, self.lr) for seed in self.seeds for rung in self.rungs]
+
+    def sweep_runs(self) -> list[RunKey]:
+        """The race's learning-rate sweep: both race rungs at every race_lr, with the first race seed
+        (none without a race or with a single race_lr)."""
+        if not self.race_seeds or len(self.race_lrs) == 1:
+            return []
+        return [(rung, self.race_seeds[0], RACE_INIT, lr) for lr in self.race_lrs for rung in RACE]
+
+    def race_runs(self, lrs: dict[str, float]) -> list[RunKey]:
+        """The race: both race rungs at every race seed, each at its learning rate in `lrs`."""
+        return [(rung, seed, RACE_INIT, lrs[rung]) for seed in self.race_seeds for rung in RACE]
 
 
 PRESETS = {
@@ -114,6 +131,7 @@ PRESETS = {
         "tiny",
         seeds=(0, 1),
         race_seeds=(0, 1),
+        race_lrs=(2e-3, 4e-3),
         n_layers=1,
         n_heads=2,
         d_model=16,
@@ -161,14 +179,14 @@ def bigram_count_bits(train_ids: torch.Tensor, windows: torch.Tensor) -> float:
 
 
 def run_one(
-    cfg: LadderConfig, run: tuple[str, int, str], train_ids: torch.Tensor, windows: torch.Tensor, vocab_size: int
+    cfg: LadderConfig, run: RunKey, train_ids: torch.Tensor, windows: torch.Tensor, vocab_size: int
 ) -> tuple[dict[str, Any], torch.Tensor]:
-    """Train one (rung, seed, init) and score it: (its JSON record, per-character losses (n, T) in nats)."""
-    rung, seed, init = run
+    """Train one (rung, seed, init, lr) and score it: (its JSON record, per-character losses (n, T) in nats)."""
+    rung, seed, init, lr = run
     torch.manual_seed(seed)
     model = build_rung(rung, cfg.gpt_config(vocab_size), init)
     t0 = time.perf_counter()
-    history = train(model, train_ids, None, cfg.train_config(seed), progress=False)
+    history = train(model, train_ids, None, cfg.train_config(seed, lr), progress=False)
     train_seconds = time.perf_counter() - t0
     losses = position_losses(model, windows)  # (n, T)
     scores = mean_and_errors(losses / LN2)  # bits per character
@@ -177,6 +195,7 @@ def run_one(
         "rung": rung,
         "seed": seed,
         "init": init,
+        "lr": lr,
         "val_bits": round(scores["mean"], 5),
         "val_se_chars": round(scores["se_chars"], 5),
         "val_se_windows": round(scores["se_windows"], 5),
@@ -196,12 +215,13 @@ def ladder_summary(runs: list[dict[str, Any]], cfg: LadderConfig) -> list[dict[s
     error, and the step from the rung before it ("gain", bits saved, paired by seed, with its standard error)."""
     out, below = [], None
     for rung in cfg.rungs:
-        bits = {r["seed"]: r["val_bits"] for r in runs if r["rung"] == rung and r["init"] == cfg.init}
+        mine = [r for r in runs if r["rung"] == rung and r["init"] == cfg.init and r["lr"] == cfg.lr]
+        bits = {r["seed"]: r["val_bits"] for r in mine}
         if not set(cfg.seeds) <= set(bits):
             raise ValueError(f"rung {rung!r} has runs for seeds {sorted(bits)}, not for all of {cfg.seeds}")
         mean, se = mean_se([bits[s] for s in cfg.seeds])
         gain, gain_se = mean_se([below[s] - bits[s] for s in cfg.seeds]) if below else (None, None)
-        params = next(r["parameters"] for r in runs if r["rung"] == rung)
+        params = mine[0]["parameters"]
         out.append(
             {"rung": rung, "label": LABELS[rung], "parameters": params, "bits": mean, "se": se, "n": len(cfg.seeds)}
             | {"gain": gain, "gain_se": gain_se}
@@ -210,15 +230,29 @@ def ladder_summary(runs: list[dict[str, Any]], cfg: LadderConfig) -> list[dict[s
     return out
 
 
+def best_lrs(cfg: LadderConfig, sweep: list[dict[str, Any]]) -> dict[str, float]:
+    """Each race rung's peak learning rate: the race_lr whose sweep run ends with the lowest training loss."""
+    if len(cfg.race_lrs) == 1:
+        return dict.fromkeys(RACE, cfg.race_lrs[0])
+    return {
+        rung: min((r for r in sweep if r["rung"] == rung), key=lambda r: r["final_train_bits"])["lr"] for rung in RACE
+    }
+
+
 def race_summary(
-    cfg: LadderConfig, runs: list[dict[str, Any]], losses: dict[tuple[str, int], torch.Tensor], vocab_size: int
+    cfg: LadderConfig,
+    lrs: dict[str, float],
+    race: dict[RunKey, tuple[dict[str, Any], torch.Tensor]],
+    sweep: list[dict[str, Any]],
+    vocab_size: int,
 ) -> dict[str, Any]:
-    """The paired comparison of RACE over cfg.race_seeds; difference = gpt2 - modern (> 0: modern is better)."""
+    """The paired comparison of RACE over cfg.race_seeds, each rung at its learning rate in `lrs`, from the
+    race's runs (records and per-character losses); difference = gpt2 - modern (> 0: modern is better)."""
     a, b = RACE
     seeds = list(cfg.race_seeds)
-    raced = [r for r in runs if r["init"] == RACE_INIT]
-    bits = {(r["rung"], r["seed"]): r["val_bits"] for r in raced}
-    se_chars = {(r["rung"], r["seed"]): r["val_se_chars"] for r in raced}
+    record = {(k[0], k[1]): rec for k, (rec, _) in race.items()}
+    losses = {(k[0], k[1]): char_losses for k, (_, char_losses) in race.items()}
+    bits = {key: rec["val_bits"] for key, rec in record.items()}
     diffs = [bits[a, s] - bits[b, s] for s in seeds]
     mean, se = mean_se(diffs)
     if se > 0:
@@ -236,7 +270,8 @@ def race_summary(
         "pair": list(RACE),
         "init": RACE_INIT,
         "seeds": seeds,
-        "lr": cfg.lr,
+        "lr": lrs,
+        "lr_sweep": lr_sweep_summary(cfg, lrs, sweep),
         "tokens_per_run": cfg.steps * cfg.batch_size * cfg.block_size,
         "parameters": {a: n_a, b: n_b},
         "parameter_gap": round((n_b - n_a) / n_a, 5),
@@ -249,7 +284,7 @@ def race_summary(
         "se_difference": se,
         "t": t,
         "p_value": p,
-        "test_se": {r: sum(se_chars[r, s] for s in seeds) / len(seeds) for r in RACE},  # per character, bits
+        "test_se": {r: sum(record[r, s]["val_se_chars"] for s in seeds) / len(seeds) for r in RACE},  # bits
         "test_se_difference_chars": test["se_chars"],
         "test_se_difference_windows": test["se_windows"],
         "verdict": verdict,
@@ -258,25 +293,50 @@ def race_summary(
     }
 
 
+def lr_sweep_summary(cfg: LadderConfig, lrs: dict[str, float], sweep: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The sweep's runs (training and validation bits per learning rate) and whether a pick is at the grid's edge."""
+    if not sweep:
+        return None
+    edges = (min(cfg.race_lrs), max(cfg.race_lrs))
+    return {
+        "seed": sweep[0]["seed"],
+        "lrs": list(cfg.race_lrs),
+        "picked_by": "the lowest final training loss (mean of the last 10% of steps): no held-out number is used",
+        "runs": [{k: r[k] for k in ("rung", "lr", "final_train_bits", "val_bits")} for r in sweep],
+        "best_at_edge": {rung: lrs[rung] in edges for rung in RACE},
+    }
+
+
 # ----------------------------------------------------------------------------- the run
 
 
 def run(cfg: LadderConfig, verbose: bool = False) -> dict[str, Any]:
-    """Train every planned (rung, seed, init) of `cfg`; returns the JSON-ready result."""
+    """Train the ladder, then the race's sweep and the race (a run shared by two of them is trained once);
+    returns the JSON-ready result."""
     tok, train_ids, val_ids = shakespeare_chars(cfg.corpus_chars)
     windows = split_windows(val_ids[: cfg.eval_chars] if cfg.eval_chars else val_ids, cfg.block_size)
-    runs, losses = [], {}
-    for rung, seed, init in cfg.planned_runs():
-        record, char_losses = run_one(cfg, (rung, seed, init), train_ids, windows, tok.vocab_size)
-        runs.append(record)
-        if rung in RACE and init == RACE_INIT:
-            losses[rung, seed] = char_losses
-        if verbose:
-            print(
-                f"{rung:>9} seed {seed} ({init} init): {record['val_bits']:.4f} bits/char "
-                f"({record['parameters']:,} parameters, {record['train_seconds']:.0f} s)",
-                flush=True,
-            )
+    done: dict[RunKey, tuple[dict[str, Any], torch.Tensor]] = {}
+
+    def train_all(keys: list[RunKey]) -> list[dict[str, Any]]:
+        for key in keys:
+            if key not in done:
+                done[key] = run_one(cfg, key, train_ids, windows, tok.vocab_size)
+                if verbose:
+                    r = done[key][0]
+                    print(
+                        f"{r['rung']:>9} seed {r['seed']} ({r['init']} init, lr {r['lr']:g}): {r['val_bits']:.4f} "
+                        f"bits/char ({r['parameters']:,} parameters, {r['train_seconds']:.0f} s)",
+                        flush=True,
+                    )
+        return [done[key][0] for key in keys]
+
+    runs = train_all(cfg.ladder_runs())
+    race = None
+    if cfg.race_seeds:
+        sweep = train_all(cfg.sweep_runs())
+        lrs = best_lrs(cfg, sweep)
+        train_all(cfg.race_runs(lrs))
+        race = race_summary(cfg, lrs, {k: done[k] for k in cfg.race_runs(lrs)}, sweep, tok.vocab_size)
     return {
         "format": FORMAT,
         "version": 1,
@@ -289,9 +349,9 @@ def run(cfg: LadderConfig, verbose: bool = False) -> dict[str, Any]:
             "vocab_size": tok.vocab_size,
         },
         "reference": {"bigram_counts_bits": bigram_count_bits(train_ids, windows)},
-        "runs": runs,
+        "runs": [record for record, _ in done.values()],
         "ladder": ladder_summary(runs, cfg),
-        "race": race_summary(cfg, runs, losses, tok.vocab_size) if cfg.race_seeds else None,
+        "race": race,
         "metadata": {"date_utc": utc_now(), **machine(), "device": "cpu"},
     }
 

@@ -7,7 +7,8 @@ rung           what it adds to the rung below
 =============  ==========================================================================================
 ``bigram``     a (vocab_size, vocab_size) table: the current character's row is the next character's logits
 ``embed``      the same prediction factored through width d_model: a token embedding plus a learned
-               position embedding, read by a linear head (still sees only the current character)
+               position embedding, read by a linear head (still sees only the current character: this
+               rung changes the parametrisation, so that the next one adds attention and nothing else)
 ``attention``  causal self-attention, ONE head of width d_model, in each of n_layers layers
                (``x = Attn(x)``): each position now reads the characters before it
 ``heads``      n_heads heads of width d_model / n_heads instead of one (same parameters)
@@ -33,8 +34,8 @@ Two initialisations (`INITS`), one for all the rungs of a ladder:
   keys start near zero, attention stays uniform for a long time (the one-head and many-head rungs
   train to the same numbers for the first hundred steps) and the rungs below ``gpt2`` are starved;
 * ``"pytorch"``: every layer's own PyTorch default (`pytorch_init`: Linear uniform in
-  +-1/sqrt(fan_in), Embedding N(0, 1), norms 1 and 0), the setting of Karpathy's lecture, which
-  leaves every rung a unit-size stream to start from.
+  +-1/sqrt(fan_in), Embedding N(0, 1), norms 1 and 0), which gives every rung a stream of unit
+  size to start from, with or without LayerNorm.
 """
 
 from __future__ import annotations

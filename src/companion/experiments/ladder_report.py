@@ -69,7 +69,8 @@ def plot_race(result: dict[str, Any], ax: Any = None, title: str | None = None):
     for i, rung in enumerate((a, b)):
         mean, se = mean_se([row[rung] for row in race["per_seed"]])
         ax.errorbar([i], [mean], yerr=[se], marker="o", capsize=5, color=f"C{i}", markersize=8)
-    ax.set_xticks([0, 1], ["GPT-2 block", "modern block"], fontsize=9)
+    lr = race["lr"]
+    ax.set_xticks([0, 1], [f"GPT-2 block\n(lr {lr[a]:g})", f"modern block\n(lr {lr[b]:g})"], fontsize=9)
     ax.set_xlim(-0.4, 1.4)
     ax.set_ylabel("validation bits per character")
     d, se, p = race["mean_difference"], race["se_difference"], race["p_value"]
