@@ -5,9 +5,9 @@ run writes ``<name>_<preset>.json`` in the current folder; the committed results
 ``companion/results/`` are replaced only when ``--out`` names them explicitly, so a quick
 ``--preset tiny`` never overwrites a full run and nothing writes into an installed package.
 
-This module holds what the experiments share: where their results go, their common command-line
-options, the record of the machine a run used, writing the JSON, and the Shakespeare character
-data two of them train on.
+This module holds what the experiments share: where their results go, their common command line,
+reading and writing their JSON, the record of the machine a run used, the trainer's CPU recipe, and
+the Shakespeare character data several of them train on.
 """
 
 from __future__ import annotations
