@@ -5,9 +5,9 @@ run writes ``<name>_<preset>.json`` in the current folder; the committed results
 ``companion/results/`` are replaced only when ``--out`` names them explicitly, so a quick
 ``--preset tiny`` never overwrites a full run and nothing writes into an installed package.
 
-This module holds what the experiments share: where their results go, their common command-line
-options, the record of the machine a run used, writing the JSON, and the Shakespeare character
-data two of them train on.
+This module holds what the experiments share: where their results go, their common command line,
+reading and writing their JSON, the record of the machine a run used, the trainer's CPU recipe, and
+the Shakespeare character data several of them train on.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch
 from companion.text.corpora import load_corpus
 from companion.text.tokenization import CharTokenizer
 from companion.threads import policy as thread_policy
+from companion.training.trainer import TrainConfig
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -72,6 +74,56 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     if args.threads:
         thread_policy.fix(args.threads)
     return args, " ".join([parser.prog, *argv])
+
+
+def read_result(path: str | Path | None, name: str, fmt: str) -> dict[str, Any]:
+    """Read an experiment's JSON (default: its committed ``companion/results/<name>.json``); a ValueError
+    unless its "format" is `fmt`."""
+    path = committed(name) if path is None else Path(path)
+    result = json.loads(Path(path).read_text(encoding="utf-8"))
+    if result.get("format") != fmt:
+        raise ValueError(f"{path} is not a {fmt} file (format {result.get('format')!r})")
+    return result
+
+
+def run_command(
+    module: str,
+    name: str,
+    description: str,
+    presets: Mapping[str, Any],
+    run: Callable[..., dict[str, Any]],
+    argv: list[str] | None = None,
+) -> int:
+    """The command line of an experiment with presets: ``--preset``, ``--out``, ``--threads`` and ``--quiet``;
+    runs ``run(presets[preset], verbose=...)``, adds the command and the wall time, writes the JSON."""
+    parser = experiment_parser(module, name, description, presets)
+    parser.add_argument("--quiet", action="store_true")
+    args, command = parse_args(parser, argv)
+    out = args.out or default_out(name, args.preset)
+    t0 = time.perf_counter()
+    result = run(presets[args.preset], verbose=not args.quiet)
+    result["command"] = command
+    result["metadata"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(out, result)
+    if not args.quiet:
+        print(f"wrote {out}")
+    return 0
+
+
+def cpu_train_config(cfg: Any, seed: int) -> TrainConfig:
+    """The trainer's recipe from an experiment config's steps, batch_size, block_size, lr, min_lr and
+    warmup_steps: on the CPU, no evaluation during training, `seed` fixing the batch order."""
+    return TrainConfig(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        block_size=cfg.block_size,
+        lr=cfg.lr,
+        min_lr=cfg.min_lr,
+        warmup_steps=cfg.warmup_steps,
+        eval_interval=0,
+        seed=seed,
+        device="cpu",
+    )
 
 
 def utc_now() -> str:

@@ -23,7 +23,6 @@ The models are ``companion.experiments.position_models.PositionalGPT``; training
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -36,16 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from companion.analysis.metrics import mean_se
-from companion.experiments import (
-    committed,
-    default_out,
-    experiment_parser,
-    machine,
-    parse_args,
-    shakespeare_chars,
-    utc_now,
-    write_json,
-)
+from companion.experiments import cpu_train_config, machine, read_result, run_command, shakespeare_chars, utc_now
 from companion.experiments.position_models import POSITIONS, PositionalGPT
 from companion.nn.gpt import GPTConfig
 from companion.training.trainer import TrainConfig, train
@@ -149,17 +139,7 @@ class PositionsConfig:
 
     def train_config(self, seed: int) -> TrainConfig:
         """The trainer's recipe; the seed fixes the initialisation and the batch order."""
-        return TrainConfig(
-            steps=self.steps,
-            batch_size=self.batch_size,
-            block_size=self.block_size,
-            lr=self.lr,
-            min_lr=self.min_lr,
-            warmup_steps=self.warmup_steps,
-            eval_interval=0,
-            seed=seed,
-            device="cpu",
-        )
+        return cpu_train_config(self, seed)
 
 
 PRESETS = {
@@ -250,11 +230,7 @@ def run(cfg: PositionsConfig, verbose: bool = False) -> dict[str, Any]:
 
 def load_result(path: str | Path | None = None) -> dict[str, Any]:
     """Read a JSON written by this script (default: the committed full run)."""
-    path = committed(NAME) if path is None else Path(path)
-    result = json.loads(Path(path).read_text(encoding="utf-8"))
-    if result.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} file (format {result.get('format')!r})")
-    return result
+    return read_result(path, NAME, FORMAT)
 
 
 def _values(result: dict[str, Any], position: str, metric: str) -> dict[int, float]:
@@ -287,18 +263,7 @@ def paired_difference(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: python -m companion.experiments.positions [--preset full|tiny] [--out PATH]."""
-    parser = experiment_parser("positions", NAME, __doc__.split("\n\n")[0], PRESETS)
-    parser.add_argument("--quiet", action="store_true")
-    args, command = parse_args(parser, argv)
-    out = args.out or default_out(NAME, args.preset)
-    t0 = time.perf_counter()
-    result = run(PRESETS[args.preset], verbose=not args.quiet)
-    result["command"] = command
-    result["metadata"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    write_json(out, result)
-    if not args.quiet:
-        print(f"wrote {out}")
-    return 0
+    return run_command("positions", NAME, __doc__.split("\n\n")[0], PRESETS, run, argv)
 
 
 if __name__ == "__main__":
