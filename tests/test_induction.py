@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from companion.analysis.induction import (
     AttentionOnlyTransformer,
     InductionConfig,
+    ablate_head,
     copy_losses,
     hand_built_induction,
     head_scores,
@@ -116,3 +117,20 @@ def test_small_model_learns_previous_token_and_induction_heads():
     assert scores.induction[1].max() > 0.7  # a layer-1 induction head
     assert scores.induction[0].max() < 0.2  # and no induction head in layer 0
     assert losses.second < 0.3 < 2.5 < losses.first < math.log(16) + 0.3  # copying: second copy easy, first not
+
+
+def test_ablate_head_removes_one_head_and_keeps_the_model():
+    model = hand_built_induction(vocab_size=16, block_size=24, sharpness=25.0)
+    tokens, _ = repeated_tokens(8, 12, 16, 6, torch.Generator().manual_seed(0))
+    intact = copy_losses(model, tokens, 6).second
+    for layer in range(2):
+        assert copy_losses(ablate_head(model, layer, 0), tokens, 6).second > math.log(2)  # no copying without it
+    assert copy_losses(model, tokens, 6).second == intact  # the model itself is unchanged
+    trained = AttentionOnlyTransformer(InductionConfig(**SMALL))
+    bare = ablate_head(ablate_head(trained, 0, 0), 0, 1)
+    bare = ablate_head(ablate_head(bare, 1, 0), 1, 1)
+    with torch.no_grad():  # with every head removed only the direct path from the embeddings is left
+        direct = trained.lm_head(trained.tok_emb(tokens) + trained.pos_emb(12))
+        assert torch.allclose(bare(tokens).logits, direct)
+    with pytest.raises(ValueError, match="no head"):
+        ablate_head(trained, 2, 0)

@@ -18,6 +18,7 @@ the circuit, so the scores have a known answer.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ __all__ = [
     "CopyLosses",
     "HeadScores",
     "InductionConfig",
+    "ablate_head",
     "copy_losses",
     "hand_built_induction",
     "head_scores",
@@ -223,6 +225,18 @@ def hand_built_induction(vocab_size: int, block_size: int, sharpness: float = 10
     induction_head.out_proj.weight[pred, token] = 1.0  # ... written into the prediction slot
     model.lm_head.weight[token, pred] = sharpness
     return model
+
+
+@torch.no_grad()
+def ablate_head(model: AttentionOnlyTransformer, layer: int, head: int) -> AttentionOnlyTransformer:
+    """A copy of `model` in which one head adds nothing to the residual stream (its columns of W_O are zero)."""
+    c = model.config
+    if not (0 <= layer < c.n_layers and 0 <= head < c.n_heads):
+        raise ValueError(f"no head ({layer}, {head}): the model has {c.n_layers} layers of {c.n_heads} heads")
+    ablated = copy.deepcopy(model)
+    attn = ablated.blocks[layer].attn
+    attn.out_proj.weight[:, head * attn.d_head : (head + 1) * attn.d_head] = 0.0  # W_O reads the heads side by side
+    return ablated
 
 
 class CopyLosses(NamedTuple):
