@@ -43,6 +43,10 @@ def test_repeated_tokens_rows_are_distinct_tokens_repeated():
         lambda: repeated_tokens(4, 10, 8, 1),  # a period of one repeats a single token
         lambda: repeated_tokens(4, 10, 8, (5, 4)),
         lambda: repeated_tokens(0, 10, 8, 4),
+        lambda: repeated_tokens(4, 10, 8, (2, 3, 4)),
+        lambda: repeated_tokens(4, 10, 8, 4.0),
+        lambda: InductionConfig(seed=-1),
+        lambda: hand_built_induction(8, 16, sharpness=float("inf")),
         lambda: InductionConfig(max_period=40, vocab_size=32, block_size=80),
         lambda: InductionConfig(block_size=40),  # < 2 * max_period
         lambda: InductionConfig(d_model=30, n_heads=4),

@@ -84,11 +84,12 @@ class InductionConfig:
             raise ValueError(f"block_size {self.block_size} < 2 * max_period {self.max_period}: no room for two copies")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        if not (self.lr > 0 and self.warmup_steps >= 0 and self.weight_decay >= 0 and self.seed >= 0):
-            raise ValueError(
-                f"need lr > 0 and warmup_steps, weight_decay, seed >= 0, got {self.lr}, {self.warmup_steps}, "
-                f"{self.weight_decay}, {self.seed}"
-            )
+        for name in ("warmup_steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"InductionConfig.{name} must be an int >= 0, got {value!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"need a finite lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
 
     @property
     def score_period(self) -> int:
@@ -108,7 +109,14 @@ def repeated_tokens(
 
     `period` is one n for every row, or a range (lo, hi) from which each row draws its own n.
     """
-    lo, hi = (period, period) if isinstance(period, int) else period
+    pair = (period, period) if isinstance(period, int) else tuple(period) if isinstance(period, (tuple, list)) else ()
+    ints = (batch_size, length, vocab_size, *pair)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
+        raise ValueError(
+            f"batch_size, length, vocab_size and period must be ints (period: one, or a pair lo, hi), got "
+            f"{batch_size!r}, {length!r}, {vocab_size!r}, {period!r}"
+        )
+    lo, hi = pair
     if not 2 <= lo <= hi <= vocab_size or batch_size < 1 or length < 1:
         raise ValueError(
             f"need batch_size, length >= 1 and 2 <= period <= vocab_size ({vocab_size}), got batch_size="
@@ -198,7 +206,7 @@ def hand_built_induction(vocab_size: int, block_size: int, sharpness: float = 10
     Every winning scaled score, and the winning logit, is `sharpness`.
     """
     V, T = vocab_size, block_size
-    if V < 2 or T < 4 or not sharpness > 0:
+    if not (isinstance(V, int) and isinstance(T, int) and V >= 2 and T >= 4 and 0 < sharpness < math.inf):
         raise ValueError(f"need vocab_size >= 2, block_size >= 4 and sharpness > 0, got {V}, {T}, {sharpness}")
     n = min(V, T // 2)
     c = InductionConfig(V, min_period=2, max_period=n, block_size=T, n_layers=2, n_heads=1, d_model=3 * V + T)
