@@ -3,6 +3,7 @@
 * `metrics`        bits per character/byte, accuracy, F1, mean and standard error
 * `baselines`      bag-of-words logistic regression and the linear probe (L-BFGS)
 * `interpret`      attention patterns, the logit lens, association tests, memorisation
+* `induction`      a two-layer attention-only model trained to copy; its previous-token and induction heads
 * `quantization`   int8 quantisers of tensors, dynamic int8 quantisation of a model
 * `memory`         bytes of a model's weights and of its KV cache
 * `attention_cost` tiled attention with the online softmax; attention's measured time and memory
