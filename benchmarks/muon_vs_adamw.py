@@ -1,4 +1,4 @@
-"""Muon against AdamW on chapter 6's GPT: steps and time to a validation loss, over several seeds.
+"""Muon against AdamW on chapter 7's GPT: steps and time to a validation loss, over several seeds.
 
     python benchmarks/muon_vs_adamw.py --threads 1                       # -> ./muon_full.json
     python benchmarks/muon_vs_adamw.py --threads 1 --out src/companion/results/muon.json
@@ -21,7 +21,7 @@ is the Newton-Schulz orthogonalisation), as medians over `--repeats` repetitions
 Timings depend on the machine and on what else runs on it: the JSON records the CPU, the thread
 count, the load average before and after, and CPU seconds next to wall seconds (with `--threads 1`
 on a busy machine the CPU time approximates the wall time on a dedicated core). The committed
-result in companion/results/ is replaced only when `--out` names it; chapter 6 reads it.
+result in companion/results/ is replaced only when `--out` names it; chapter 7 reads it.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ Without bf16 instructions bf16 autocast is barely faster than fp32 (or slower), 
 Measured figures live in a committed result, not here: `benchmarks/muon_vs_adamw.py` runs both
 recipes through this script for several seeds, times the parts of one step, and writes
 `companion/results/muon.json` (seeds, command, CPU, threads and load average included), which
-chapter 6 reads. Earlier exploration with this script, one seed per setting on a machine with
+chapter 7 reads. Earlier exploration with this script, one seed per setting on a machine with
 avx512_bf16 and not re-measured since, found these slower or no better than the defaults: AdamW
 with the tanh GELU; a 300-step Muon schedule (target not reached); Muon at 0.04; AdamW's part at
 8e-3; batches of 16 or 64; 2 x 256, 3 x 192, 4 x 192 and 3 x 256 models; contexts of 128 and 256;

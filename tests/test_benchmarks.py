@@ -164,7 +164,7 @@ def test_muon_vs_adamw_writes_every_seed_and_the_step_costs(text_file, tmp_path,
     assert "wrote" in capsys.readouterr().out
 
 
-def test_committed_muon_result_has_what_chapter_6_reads():
+def test_committed_muon_result_has_what_chapter_7_reads():
     from companion.experiments import committed
 
     result = json.loads(committed("muon").read_text(encoding="utf-8"))

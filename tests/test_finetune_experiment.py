@@ -1,4 +1,4 @@
-"""The chapter-8 experiment (`python -m companion.experiments.pretraining_pays`): the tiny preset runs end to
+"""The chapter-9 experiment (`python -m companion.experiments.pretraining_pays`): the tiny preset runs end to
 end and writes a well-formed JSON; the committed full result has the promised shape."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The causal-vs-masked experiment of chapter 5: its measurements and a tiny end-to-end run."""
+"""The causal-vs-masked experiment of chapter 6: its measurements and a tiny end-to-end run."""
 
 from __future__ import annotations
 

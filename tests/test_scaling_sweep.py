@@ -53,7 +53,7 @@ META_KEYS = {
 
 
 def check_schema(result: dict) -> None:
-    """Everything chapter 7 reads from a sweep JSON is there and consistent."""
+    """Everything chapter 8 reads from a sweep JSON is there and consistent."""
     assert result["format"] == "companion-scaling-sweep" and result["version"] == 1
     cfg = SweepConfig(
         **{
@@ -159,7 +159,7 @@ def test_resume_reuses_finished_runs(tiny, monkeypatch):
 
 @pytest.mark.skipif(not COMMITTED.exists(), reason="the full sweep's JSON is not committed yet")
 def test_committed_full_sweep():
-    """The result chapter 7 plots: complete, consistent, small, and loss falls with compute."""
+    """The result chapter 8 plots: complete, consistent, small, and loss falls with compute."""
     assert COMMITTED.stat().st_size < 200_000
     result = json.loads(COMMITTED.read_text())
     assert result["complete"] is True and result["config"]["name"] == "full"

@@ -4,11 +4,11 @@ Its folders follow the path text takes through a language model (the book's "Cod
 every chapter to its modules):
 
 * `companion.text`        corpora, tokenizers, n-gram models, word vectors      (chapters 1-2)
-* `companion.nn`          attention, positions, the Transformer block, models   (chapters 2-5)
-* `companion.training`    the training loop, objectives, optimizers, checkpoints (chapters 5-8)
-* `companion.inference`   sampling with the KV cache, beam search               (chapters 6, 8)
-* `companion.scaling`     counting parameters and FLOPs, scaling laws, fits     (chapter 7)
-* `companion.analysis`    metrics, probes, interpretability, efficiency         (chapters 3, 8-9)
+* `companion.nn`          attention, positions, the Transformer block, models   (chapters 2-6)
+* `companion.training`    the training loop, objectives, optimizers, checkpoints (chapters 5-9)
+* `companion.inference`   sampling with the KV cache, beam search               (chapters 5, 7, 9)
+* `companion.scaling`     counting parameters and FLOPs, scaling laws, fits     (chapters 5, 8)
+* `companion.analysis`    metrics, probes, interpretability, efficiency         (chapters 3, 9-10)
 * `companion.interop`     weights to and from Hugging Face `transformers`
 * `companion.experiments` the long runs whose committed JSON the chapters plot
 * `companion.threads`     how many CPU threads PyTorch uses on a shared machine (set on import)

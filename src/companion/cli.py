@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="companion",
         description="Pre-train small language models and sample from them (the book "
-        "'LLM Principles', chapters 5 and 6). Runs offline on a laptop CPU.",
+        "'LLM Principles', chapters 5 to 7). Runs offline on a laptop CPU.",
         epilog="examples:\n"
         "  companion train shakespeare --steps 2000 --out runs/shakespeare-char\n"
         '  companion sample --ckpt runs/shakespeare-char --prompt "ROMEO:"\n\n'

@@ -1,4 +1,4 @@
-"""Measuring and looking inside models (chapters 3, 8-9).
+"""Measuring and looking inside models (chapters 3, 9-10).
 
 * `metrics`        bits per character/byte, accuracy, F1, mean and standard error
 * `baselines`      bag-of-words logistic regression and the linear probe (L-BFGS)

@@ -2,7 +2,7 @@ r"""Looking inside a trained Transformer: attention patterns, the logit lens, a 
 association test on embeddings, and memorisation of training text.
 
 Linear probes on hidden states are `companion.analysis.baselines.fit_linear_probe`: the same
-logistic regression as the sentence-vector baseline of Chapter 8.
+logistic regression as the sentence-vector baseline of Chapter 9.
 
 `trace(model, idx)` runs a GPT (or an Encoder) once and keeps what flows through it: the residual
 stream before the first block and after every block, and every head's attention weights.

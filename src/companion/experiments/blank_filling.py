@@ -3,7 +3,7 @@
 The masked model sees the corrupted window on both sides of each blank; the causal model predicts
 each hidden character from the true text to its left. `blank_test` fixes the windows and the
 blanks, `fill_predictions` scores a model on them, and `fill_sentence` fills the `_` of the
-sentences that chapter 5 prints.
+sentences that chapter 6 prints.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Causal vs masked language modelling on the same characters, for longer than a notebook can.
 
-Chapter 5 trains a small GPT (causal LM) and a BERT-style encoder of the same shape (masked LM,
+Chapter 6 trains a small GPT (causal LM) and a BERT-style encoder of the same shape (masked LM,
 15% of positions, 80/10/10) on Shakespeare's characters with the same budget. This script runs
 the same two models for more steps and measures, every `eval_interval` steps, how well each one
 fills in blanks: 15% of the characters of fixed held-out windows are hidden, the masked model sees
 the corrupted window on both sides, the causal model predicts each hidden character from the true
 text to its left. It writes one small JSON (curves of validation loss and blank-filling accuracy,
-the fills of a few sentences at the end, and how and where it ran) that chapter 5 plots.
+the fills of a few sentences at the end, and how and where it ran) that chapter 6 plots.
 The test itself is ``companion.experiments.blank_filling``.
 
 Every seed in the preset trains both models again (seed = initial weights, batches and masks);
@@ -19,7 +19,7 @@ means, standard errors across seeds and the binomial standard error of the test 
     python -m companion.experiments.clm_vs_mlm --preset tiny          # -> ./objectives_tiny.json
     python -m companion.experiments.clm_vs_mlm --threads 1 --out src/companion/results/objectives.json
 
-Only an explicit ``--out`` replaces the committed result that chapter 5 reads.
+Only an explicit ``--out`` replaces the committed result that chapter 6 reads.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class ObjectivesConfig:
 
 
 PRESETS = {
-    "notebook": ObjectivesConfig("notebook"),  # what chapter 5 trains live
+    "notebook": ObjectivesConfig("notebook"),  # what chapter 6 trains live
     # 3,000 steps (not 5,000) so that three seeds of both models fit in about an hour on one core
     "full": ObjectivesConfig("full", steps=3000, eval_interval=250, seeds=(0, 1, 2)),
     "tiny": ObjectivesConfig(

@@ -114,7 +114,7 @@ class PositionsConfig:
     lr: float = 2e-3
     min_lr: float = 2e-4
     warmup_steps: int = 50
-    sinusoidal_scale: float = 0.1  # the scale chapter 5 uses: unscaled, PE swamps the embeddings
+    sinusoidal_scale: float = 0.1  # the scale chapter 6 uses: unscaled, PE swamps the embeddings
     eval_windows: int = 256
     corpus_chars: int | None = None  # use only the first this many characters (None: all)
 

@@ -13,7 +13,7 @@ seed, trains and tests on the fixed Rotten Tomatoes splits (`load_sentiment("rot
 
 The n labelled sentences are a class-balanced draw from the training split, different for each
 seed (which also sets the initialisation). The small JSON result (accuracy per seed, mean ± sample
-std, timings) is what chapter 8 reads, through ``companion.experiments.pretraining_report``.
+std, timings) is what chapter 9 reads, through ``companion.experiments.pretraining_report``.
 
     python -m companion.experiments.pretraining_pays                              # full (~25 min, 2 cores)
     python -m companion.experiments.pretraining_pays --preset tiny --out /tmp/tiny.json   # < 40 s
@@ -334,7 +334,7 @@ def run_experiment(
         phases[method] = time.perf_counter() - t
 
     return {
-        "experiment": "does pre-training help? (chapter 8)",
+        "experiment": "does pre-training help? (chapter 9)",
         "command": command,
         "preset": cfg.name,
         "config": cfg.to_dict(),

@@ -1,4 +1,4 @@
-"""The result of the pre-training experiment (``pretraining_pays``) read back: its table and the plots of chapter 8."""
+"""The result of the pre-training experiment (``pretraining_pays``) read back: its table and the plots of chapter 9."""
 
 from __future__ import annotations
 

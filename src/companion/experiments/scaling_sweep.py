@@ -6,7 +6,7 @@ et al. 2020) of that budget's window, the run trains on $D = C / (6N)$ tokens, i
 cosine decay to the last step, a peak learning rate that shrinks with width), then measures the
 validation loss on the same held-out windows for every run. The result is one small JSON file
 (configuration, N, D, C, final validation loss, a subsampled loss curve per run, and how, where
-and when it ran) that chapter 7 reads.
+and when it ran) that chapter 8 reads.
 
     python -m companion.experiments.scaling_sweep                      # the full sweep (~25 min, 2 cores)
     python -m companion.experiments.scaling_sweep --preset tiny --out /tmp/tiny.json   # a few seconds
@@ -101,7 +101,7 @@ class SweepConfig:
 
 # The ladder grows by about 1.75x per rung. Each budget trains 8 consecutive rungs (a 30-45x
 # span in N) and the windows move up as the budget grows, since the compute-optimal size grows
-# about as sqrt(C). At these budgets the optimum is tiny: see chapter 7 for why.
+# about as sqrt(C). At these budgets the optimum is tiny: see chapter 8 for why.
 _LADDER = ((1, 16), (1, 24), (1, 32), (2, 32), (2, 40), (2, 48), (2, 64), (3, 64), (3, 80), (4, 96))
 
 PRESETS: dict[str, SweepConfig] = {

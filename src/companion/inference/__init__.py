@@ -1,4 +1,4 @@
-"""Using a trained model (chapters 6 and 8): sampling with a KV cache, beam search, a CPU fast path.
+"""Using a trained model (chapters 5, 7 and 9): sampling with a KV cache, beam search, a CPU fast path.
 
 * `generation` greedy and sampled decoding (temperature, top-k, top-p) with the KV cache
 * `decoding`   greedy decoding and beam search for encoder-decoder models

@@ -1,4 +1,4 @@
-"""The networks (chapters 2-5): attention, positions, the Transformer block and the models built from it.
+"""The networks (chapters 2-6): attention, positions, the Transformer block and the models built from it.
 
 * `attention`  scaled dot-product and multi-head attention, masks
 * `positional` sinusoidal, learned and rotary positions, ALiBi

@@ -1,4 +1,4 @@
-"""Training (chapters 5-6, 8): the loop and everything it needs.
+"""Training (chapters 5-7, 9): the loop and everything it needs.
 
 * `loop`        one optimisation step (schedule, clip, step) and the loop over in-memory batches
 * `trainer`     the loop over a token stream: evaluation, accumulation, checkpoints, resume, DDP

@@ -1,4 +1,4 @@
-"""The training loop over a token stream (pre-training, chapters 5-7): AdamW or Muon, warm-up +
+"""The training loop over a token stream (pre-training, chapters 5-8): AdamW or Muon, warm-up +
 cosine schedule, clipping, evaluation, progress bar, checkpoints that resume exactly, a clean stop
 on Ctrl-C, gradient accumulation, and data parallelism (DDP) when it runs under `torchrun` (see
 `companion.training.distributed`). Its step is the package's one step (`companion.training.loop`:
