@@ -117,7 +117,7 @@ def other_runnable_tasks(proc: str | Path = "/proc") -> int | None:
 class ThreadPolicy:
     """Sets torch's intra-op threads to the CPUs available minus the others' runnable tasks (>= 1)."""
 
-    def __init__(self, interval: float = 1.0, samples: int = 5):
+    def __init__(self, interval: float = 0.5, samples: int = 3):
         self.interval = interval
         self.recent: deque[int] = deque(maxlen=samples)
         self.cpus = available_cpus()
