@@ -77,7 +77,20 @@ def test_train_throughput_prints_every_mode(text_file, capsys):
     )
     assert [r["mode"] for r in result["results"]] == ["fp32", "fp32+fused"]
     assert all(r["tokens_per_s"] > 0 and r["compile_s"] is None for r in result["results"])  # eager modes
+    assert result["reference"]["tokens_per_s"] > 0  # the reference recipe, timed in the same run
+    assert all(r["vs_reference"] == r["tokens_per_s"] / result["reference"]["tokens_per_s"] for r in result["results"])
     assert "fastest:" in capsys.readouterr().out
+
+
+def test_reference_recipe_is_the_same_model_shape_as_ours():
+    bench = load_benchmark("train_throughput")
+    from companion.nn import GPT, GPTConfig
+    from companion.scaling.counting import count_parameters
+
+    ours = GPT(GPTConfig(vocab_size=65, **bench.REFERENCE_MODEL))
+    reference = bench.ReferenceGPT(65)
+    assert count_parameters(reference) == count_parameters(ours)
+    assert round((count_parameters(ours) - 64 * 128) / 1e6, 2) == 0.80  # nanoGPT's "0.80M" leaves out positions
 
 
 def test_train_throughput_compares_eager_and_compiled_by_default():
