@@ -106,6 +106,8 @@ def test_the_policy_can_be_overridden(monkeypatch, restore_threads):
     monkeypatch.delenv(threads.ENV)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert not ThreadPolicy().enabled  # OpenMP's own variable is a choice too
+    monkeypatch.setenv(threads.ENV, "2")
+    assert not ThreadPolicy().enabled  # ... and it wins over an inherited COMPANION_THREADS
     with pytest.raises(ValueError, match="positive integer"):
         p.fix(0)
 

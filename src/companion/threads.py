@@ -16,7 +16,8 @@ ours (read from /proc/stat and /proc/self/task, smoothed over a few samples), at
 package applies it when it is imported and re-checks it at most every `interval` seconds inside
 its long loops (training, generation). Override it with the environment variable
 ``COMPANION_THREADS``: a number fixes the thread count, ``torch`` leaves PyTorch's own choice;
-or call `torch.set_num_threads` yourself, after which the policy leaves the count alone.
+or set ``OMP_NUM_THREADS`` (which PyTorch reads itself, and which then wins), or call
+`torch.set_num_threads` yourself, after which the policy leaves the count alone.
 """
 
 from __future__ import annotations
@@ -126,14 +127,14 @@ class ThreadPolicy:
         self.last_set: int | None = None
         self._next_check = 0.0
         setting = os.environ.get(ENV, "").strip().lower()
-        if setting == "torch":
+        if setting and setting != "torch" and (not setting.isdigit() or int(setting) < 1):
+            raise ValueError(f"{ENV} must be a positive integer or 'torch', got {setting!r}")
+        if os.environ.get("OMP_NUM_THREADS") or setting == "torch":
+            # OpenMP's own variable is what PyTorch itself reads: set for a process, it is the most
+            # specific choice there is (a parent's COMPANION_THREADS must not override it)
             self.enabled = False
         elif setting:
-            if not setting.isdigit() or int(setting) < 1:
-                raise ValueError(f"{ENV} must be a positive integer or 'torch', got {setting!r}")
             self.fixed = int(setting)
-        elif os.environ.get("OMP_NUM_THREADS"):  # the user chose through OpenMP's own variable
-            self.enabled = False
 
     def fix(self, n_threads: int | None) -> None:
         """Use exactly n_threads from now on (None: adapt again)."""
