@@ -131,6 +131,17 @@ def test_generation_benchmark_checks_identical_tokens(capsys):
     assert result is not None
 
 
+def test_generation_benchmark_runs_the_modern_decoder_in_batches(capsys):
+    result = load_benchmark("generation").main(
+        ["--arch", "llama", "--batch-size", "3", "--prompt-len", "8", "--new-tokens", "8", "--repeats", "1"]
+        + ["--skip-no-cache", "--threads", "1"]
+    )
+    assert result["model"]["arch"] == "llama" and result["batch_size"] == 3
+    assert result["same_tokens_as_transformers"] and result["same_tokens_packed"]
+    assert result["tokens_per_s"]["ours_cache"] == 3 * 8 / result["seconds"]["ours_cache"]
+    assert "same tokens: False" not in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_muon_vs_adamw_writes_every_seed_and_the_step_costs(text_file, tmp_path, capsys):
     out = tmp_path / "muon.json"
