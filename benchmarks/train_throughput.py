@@ -15,11 +15,12 @@ tokens/s is printed as a ratio to the reference's. Each mode trains a fresh mode
 steps and `--steps` timed steps through the real training loop (AdamW, schedule, clipping,
 loss read-back every step); tokens/s = timed tokens / summed step times. A mode is a
 `+`-joined set of: fp32 | bf16 (autocast), fused (fused AdamW kernel), compile (torch.compile).
-By default every precision runs eager and compiled side by side: fp32 and fp32+compile, plus bf16
-and bf16+compile on a CPU with bf16 instructions (avx512_bf16 or AMX; without them bf16 is barely
-faster than fp32). Compilation happens in the first warm-up step, so it is excluded from tokens/s
+By default every precision runs eager and compiled side by side: fp32 and fp32+compile, plus
+bf16+fused and bf16+fused+compile on a CPU with bf16 instructions (avx512_bf16 or AMX; without them
+bf16 is barely faster than fp32). Compilation happens in the first warm-up step, so it is excluded from tokens/s
 and reported on its own: `compile s` = the first step's time minus a timed step's median (compiled
-modes only).
+modes only), with the training time after which a compiled mode's compilation has paid for itself
+against the reference.
 The load average is printed: other processes on the machine slow every mode down. Tokens per
 CPU-second (process time of all threads) is printed too: with one thread on a busy machine it
 approximates what a dedicated core would do.
@@ -197,9 +198,21 @@ def run_nanogpt(checkout: str | Path, text: str, steps: int, warmup: int) -> dic
 
 
 def default_modes(cpu: dict) -> str:
-    """Eager and compiled fp32, and bf16 too where the CPU has bf16 instructions."""
-    precisions = ["fp32", "bf16"] if cpu.get("bf16_flags") else ["fp32"]
+    """Eager and compiled fp32, and bf16 with the fused AdamW too where the CPU has bf16 instructions."""
+    precisions = ["fp32", "bf16+fused"] if cpu.get("bf16_flags") else ["fp32"]
     return ",".join(f"{p}{c}" for p in precisions for c in ("", "+compile"))
+
+
+def break_even_s(result: dict, reference: dict) -> float | None:
+    """Training seconds after which a compiled mode's compilation has paid for itself against the reference.
+
+    Compiling costs `compile_s` once; each token then saves 1/ref_tps - 1/tps seconds. None when the
+    mode is not compiled or is not faster than the reference.
+    """
+    saving = 1 / reference["tokens_per_s"] - 1 / result["tokens_per_s"]
+    if result["compile_s"] is None or saving <= 0:
+        return None
+    return result["compile_s"] / saving / result["tokens_per_s"]
 
 
 def measure(mode: str, ids: torch.Tensor, vocab_size: int, steps: int, warmup: int, batch_size: int) -> dict:
@@ -259,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--modes",
         default=None,
         help="comma-separated modes, e.g. fp32,bf16+fused (default: fp32,fp32+compile, "
-        "and bf16,bf16+compile on a CPU with bf16 instructions)",
+        "and bf16+fused,bf16+fused+compile on a CPU with bf16 instructions)",
     )
     p.add_argument("--steps", type=int, default=100, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps per mode (the first one compiles)")
@@ -311,6 +324,13 @@ def main(argv: list[str] | None = None) -> dict:
             print(
                 f"{r['mode']} vs {eager['mode']}: {r['tokens_per_s'] / eager['tokens_per_s']:.2f}x the tokens/s, "
                 f"after {r['compile_s']:.0f} s of compilation"
+            )
+    for r in results:
+        r["break_even_s"] = break_even_s(r, reference)
+        if r["break_even_s"] is not None:
+            print(
+                f"{r['mode']}: its {r['compile_s']:.0f} s of compilation are repaid after "
+                f"{r['break_even_s']:.0f} s of training (against the reference); shorter runs are faster eager"
             )
     load_after = os.getloadavg()
     best = max(results, key=lambda r: r["tokens_per_s"])

@@ -97,7 +97,16 @@ def test_train_throughput_compares_eager_and_compiled_by_default():
     default_modes = load_benchmark("train_throughput").default_modes
     assert default_modes({"bf16_flags": []}) == "fp32,fp32+compile"
     assert default_modes({"bf16_flags": None}) == "fp32,fp32+compile"  # unknown CPU: no bf16
-    assert default_modes({"bf16_flags": ["amx_bf16"]}) == "fp32,fp32+compile,bf16,bf16+compile"
+    assert default_modes({"bf16_flags": ["amx_bf16"]}) == "fp32,fp32+compile,bf16+fused,bf16+fused+compile"
+
+
+def test_compilation_break_even_against_the_reference():
+    break_even_s = load_benchmark("train_throughput").break_even_s
+    reference = {"tokens_per_s": 1000.0}
+    # 2000 tokens/s saves 0.5 ms per token: 10 s of compilation are repaid after 20,000 tokens = 10 s of training
+    assert break_even_s({"tokens_per_s": 2000.0, "compile_s": 10.0}, reference) == pytest.approx(10.0)
+    assert break_even_s({"tokens_per_s": 2000.0, "compile_s": None}, reference) is None  # eager
+    assert break_even_s({"tokens_per_s": 900.0, "compile_s": 10.0}, reference) is None  # slower: never repaid
 
 
 def test_bpe_encode_checks_identical_ids(capsys):
@@ -236,3 +245,60 @@ def test_shared_cpu_runs_copies_together(text_file, tmp_path, capsys):
     assert all(len(r["runs"]) == r["copies"] and r["slowdown"] > 0 for r in rows.values())
     assert result["lone_s"]["policy"] > 0
     assert "| the package's policy | 2 |" in (tmp_path / "t.md").read_text()
+
+
+def test_speedrun_test_is_scipys_one_sided_t_test():
+    one_sided_p = load_benchmark("speedrun").one_sided_p
+    from scipy import stats
+
+    losses = [1.84, 1.86, 1.85]
+    assert one_sided_p(losses, 1.89) == pytest.approx(stats.ttest_1samp(losses, 1.89, alternative="less").pvalue)
+    assert one_sided_p(losses, 1.89) < 0.01 < one_sided_p(losses, 1.865)  # 1.865 is too close for 3 seeds
+    assert one_sided_p([1.8, 1.8, 1.8], 1.89) == 0.0 and one_sided_p([1.9, 1.9, 1.9], 1.89) == 1.0
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        one_sided_p([1.8], 1.89)
+
+
+def test_speedrun_tiny_writes_a_record_and_keeps_an_accepted_one(text_file, tmp_path, capsys):
+    bench = load_benchmark("speedrun")
+    argv = ["run", "1.89", "--preset", "tiny", "--text", str(text_file), "--threads", "1", "--out", str(tmp_path)]
+    record = bench.main(argv)
+    path = tmp_path / f"{text_file.stem}-1.89.json"
+    saved = json.loads(path.read_text())
+    assert saved["runs"] == record["runs"] and len(saved["runs"]) == 3
+    assert saved["accepted"] is False  # four steps of a tiny model are nowhere near 1.89
+    assert saved["recipe"]["steps"] == 4 and saved["command"].startswith("python benchmarks/speedrun.py run 1.89")
+    assert all(r["train_wall_s"] > 0 and r["val_loss"] > 1.89 for r in saved["runs"])
+    # an accepted record is never replaced by one that is not accepted
+    path.write_text(json.dumps({**saved, "accepted": True}))
+    bench.main(argv)
+    assert json.loads(path.read_text())["accepted"] is True
+    assert "not replaced" in capsys.readouterr().out
+    assert "| 1.89 |" in bench.main(["table", "--records", str(tmp_path)])
+
+
+def test_speedrun_bad_input_is_one_line_and_status_2(tmp_path, capsys):
+    bench = load_benchmark("speedrun")
+    for argv, message in [
+        (["run", "1.23", "--out", str(tmp_path)], "no recipe for target 1.23"),
+        (["run", "1.89", "--set", "colour=red", "--out", str(tmp_path)], "no recipe setting 'colour'"),
+        (["run", "1.89", "--text", str(tmp_path / "missing.txt"), "--out", str(tmp_path)], "no such file"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            bench.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_committed_speedrun_records_follow_the_rules_and_are_the_books_table():
+    bench = load_benchmark("speedrun")
+    records = bench.load_records(bench.RECORDS)
+    assert {r["target"] for r in records} >= {1.89, 1.70}
+    for r in records:
+        losses = [run["val_loss"] for run in r["runs"]]
+        assert r["p_value"] == pytest.approx(bench.one_sided_p(losses, r["target"]))
+        assert r["accepted"] == (len(losses) >= 3 and r["p_value"] < 0.01)
+        assert r["preset"] == "full" and r["recipe"]["steps"] >= 100
+    generated = Path(__file__).parents[1] / "book" / "_generated" / "speedrun.md"
+    assert generated.read_text(encoding="utf-8") == bench.table(records)  # regenerate with `speedrun.py table --markdown`
