@@ -132,3 +132,14 @@ def test_no_accidental_block_syntax(path):
             elif line.startswith("> "):
                 problems.append(f"{prev[-40:]!r} / {line[:40]!r}")
     assert not problems, f"{path.name}: lines that start a block in mid-paragraph: {problems}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + PAGES, ids=lambda p: p.name)
+def test_no_control_characters_in_prose(path):
+    """A tab or form feed in Markdown is almost always a TeX command eaten by a Python string
+    ('\\top' written as '\\t' + 'op'); it renders as broken math."""
+    text = markdown(load(path)) if path.suffix == ".ipynb" else path.read_text(encoding="utf-8")
+    found = sorted(
+        {repr(text[max(0, m.start() - 20) : m.end() + 10]) for m in re.finditer(r"[\t\x07\x08\x0b\x0c\r]", text)}
+    )
+    assert not found, f"{path.name} holds control characters: {found}"
