@@ -22,8 +22,9 @@ over the completion tokens; `loss_type` says how:
              "bnpo" for one batch on one device),
 * "dr_grpo"  Dr. GRPO: sum over all tokens / (number of sequences * the padded length T), a constant.
 
-With logp == old_logp (the first step on a fresh group) rho = 1, the clip is inactive and the KL's gradient is 0,
-so the gradient is REINFORCE with a baseline, -sum_i A_i grad log pi(o_i), normalised as above.
+With logp == old_logp (the first step on a fresh group) rho = 1 and the clip is inactive; if the policy also
+equals the reference (the first step of training), the KL's gradient is 0 too, and the gradient is REINFORCE
+with a baseline, -sum_i A_i grad log pi(o_i), normalised as above.
 """
 
 from __future__ import annotations
