@@ -301,6 +301,11 @@ def describe_recipe(recipe: dict) -> str:
     return f"{model}; {optim}; {recipe['steps']} steps × {recipe['batch_size']}; {recipe['dtype']}{extra}"
 
 
+def format_p(p: float) -> str:
+    """A p-value to three decimals ('0.010' is not below 0.01), or '< 0.001'."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def goal_verdict(record: dict) -> str:
     """'met' when the record is accepted and its median time is within the target's goal, else why not."""
     goal = GOAL_SECONDS.get(f"{record['target']:.2f}")
@@ -322,7 +327,7 @@ def table(records: list[dict]) -> str:
     for r in records:
         lines.append(
             f"| {r['text']} | {r['target']:.2f} | {describe_recipe(r['recipe'])} | {len(r['runs'])} | "
-            f"{r['mean_val_loss']:.3f} ± {r['sd_val_loss']:.3f} | {r['p_value']:.1g} | "
+            f"{r['mean_val_loss']:.3f} ± {r['sd_val_loss']:.3f} | {format_p(r['p_value'])} | "
             f"{r['median_train_wall_s']:.0f} s | {r['median_train_cpu_s']:.0f} | "
             f"{r['machine']['threads']}, {max(r['load_average_before'][0], r['load_average_after'][0]):.1f} | "
             f"{'yes' if r['accepted'] else '**no**'} | {goal_verdict(r)} |"
