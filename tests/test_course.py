@@ -75,6 +75,11 @@ def hidden_and_visible_lines(notebook: Path) -> tuple[set[str], set[str]]:
     return hidden - visible, visible
 
 
+def _is_solution(cell: nbformat.NotebookNode) -> bool:
+    """A code cell nbgrader treats as a solution (its regions become stubs in the release)."""
+    return cell.cell_type == "code" and cell.metadata.get("nbgrader", {}).get("solution", False)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """Build both editions from course/source plus the fixture assignment."""
@@ -121,8 +126,12 @@ def test_no_solution_or_hidden_test_reaches_the_student_edition(built, aid):
     }
     leaked = hidden & student_lines
     assert not leaked, f"{aid}: hidden lines in the student edition: {sorted(leaked)[:5]}"
-    n_solutions = sum(c.metadata.get("nbgrader", {}).get("solution", False) for c in nbformat.read(original, 4).cells)
-    assert text.count("raise NotImplementedError()") == n_solutions  # nbgrader stubbed every solution cell
+    solutions = {c.metadata.nbgrader["grade_id"]: c.source for c in nbformat.read(original, 4).cells if _is_solution(c)}
+    stubs = {c.metadata.nbgrader["grade_id"]: c.source for c in nbformat.read(released, 4).cells if _is_solution(c)}
+    assert solutions.keys() == stubs.keys()
+    for grade_id, cell in solutions.items():  # nbgrader put one stub in place of every solution region
+        n_regions = max(cell.count("BEGIN SOLUTION"), 1)
+        assert stubs[grade_id].count("raise NotImplementedError()") == n_regions, f"{aid}, {grade_id}"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
