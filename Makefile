@@ -1,11 +1,11 @@
-# The two commands of the quick start: `make book` and `make test`.
+# The two commands of the quick start: `make book` and `make test`; `make course` for teachers.
 # Each creates .venv (once) with PyTorch pinned by constraints.txt, then does its job.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test lab serve clean
+.PHONY: book test course lab serve clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ book: $(STAMP)  ## build the web book into _build/html (notebooks executed, cach
 
 test: $(STAMP)  ## run every test: package, notebooks (nbval), book build and browser check
 	$(BIN)/python -m pytest
+
+course: $(STAMP)  ## build the course's student and instructor editions into _build/course
+	$(BIN)/python tools/course.py build
 
 lab: $(STAMP)  ## open the notebooks in JupyterLab
 	$(BIN)/jupyter lab notebooks/

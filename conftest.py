@@ -26,6 +26,10 @@ import pytest
 if "COMPANION_THREADS" not in os.environ:
     os.environ["COMPANION_THREADS"] = str(len(os.sched_getaffinity(0)))
 
+# tests/data holds inputs, not tests: nbval must not execute the nbgrader fixture assignments there
+# (tests/test_course.py releases and grades them).
+collect_ignore_glob = ["tests/data/*"]
+
 
 def book_output_dir(config: pytest.Config) -> Path:
     """The temporary folder this test session builds the book into."""
