@@ -2,8 +2,10 @@
 
 Per seed, on the modern decoder (`companion.nn.Llama`) with the chat tokenizer (`ChatTokenizer.from_alphabet`):
 
-1. **base**: pre-training on Shakespeare plus synthetic web pages that state the tasks' facts in other words
-   (`posttraining_data`); no test prompt in the corpus, no chat marker in the stream (both asserted);
+1. **base**: pre-training on some Shakespeare plus (mostly) synthetic web pages that state the tasks' facts as
+   statements in many phrasings, the held-out wordings' words among them (`posttraining_data`); no test prompt in
+   the corpus, no chat marker in the stream (both asserted). The model is small (2 layers of width 128) so that
+   pre-training gets enough steps for it to learn to copy from its context, which every skill needs;
 2. **sft**: full fine-tuning on the chat-rendered training tasks, loss on the answer and <|end|>; the ablations
    **sft_nomask** (loss on every token) and **sft_lora** (LoRA r=8 on the attention and MLP projections, with the
    trainable parameters and AdamW's state bytes of both);
