@@ -33,10 +33,28 @@ from companion.experiments.posttraining_pipeline import item_paired_difference
 from companion.experiments.posttraining_report import paired_difference, plot_hacking, plot_test_time, stage_table
 from companion.experiments.posttraining_stages import perturb, recall_reward, window_means
 from companion.posttraining.chat import ChatTokenizer
-from companion.posttraining.tasks import ALPHABET, FAMILIES, TEMPLATES, Task, check, contamination, sample_tasks
+from companion.posttraining.tasks import (
+    ALPHABET,
+    FAMILIES,
+    HELD_OUT_TEMPLATES,
+    TEMPLATES,
+    Task,
+    check,
+    contamination,
+    sample_tasks,
+)
 from companion.threads import policy as thread_policy
 
 TINY = exp.PRESETS["tiny"]
+HELD_OUT_VOCABULARY = {  # a phrase of each held-out wording that the web pages use declaratively
+    "add/sum": "the sum of {a} and {b}",
+    "sub/eq": "{a} minus {b}",
+    "compare/bigger": "bigger",
+    "reverse/colon": "reverse",
+    "upper/caps": "in capitals",
+    "unit/eq": "{n} {big} in {small}",
+    "fact/if": "if {a} is {r} than {b}",
+}
 PROG = "python -m companion.experiments.posttraining"
 
 
@@ -76,7 +94,8 @@ def test_the_json_has_every_field(tiny):
         assert set(run["paired"]) == {f"{a}->{b}" for a, b in exp.COMPARISONS}
         data = run["data"]
         assert (data["test_seen"], data["test_held_out"], data["train"]) == (40, 40, 200)
-        assert 0 < data["val"] <= 30 and data["shakespeare_chars"] == 20_000 and data["web_chars"] >= 20_000
+        assert 0 < data["val"] <= 30 and data["shakespeare_chars"] == 20_000
+        assert data["web_chars"] + data["web_documents"] >= 20_000  # pages and their separators
         assert run["pretrain"]["val_loss_end"] < run["pretrain"]["val_loss_start"]
         assert len(run["base_continuations"]) == 1 + TINY["eval"]["examples"]
         assert all(c["continuation"] for c in run["base_continuations"])  # it continues the text
@@ -201,11 +220,11 @@ def test_presets_are_checked():
         exp.check_preset(preset)
         assert preset["lora"]["r"] <= preset["model"]["d_model"], name
     assert exp.PRESETS["full"]["model"] == {
-        "n_layers": 4,
+        "n_layers": 2,
         "d_model": 128,
         "n_heads": 4,
         "n_kv_heads": 2,
-        "block_size": 96,
+        "block_size": 64,
     }
     assert exp.PRESETS["notebook"]["seeds"] == [0] and len(exp.PRESETS["full"]["seeds"]) >= 3
     with pytest.raises(ValueError, match="unknown setting"):
@@ -275,6 +294,10 @@ def test_web_documents_state_facts_in_other_words_than_every_template():
     every_template = sample_tasks(3000, tuple(TEMPLATES), rng=1)
     assert contamination(docs, every_template) == []  # no task prompt, of any wording, inside a web page
     assert set(WEB_WORDINGS) == set(FAMILIES) and set("".join(docs)) <= set(ALPHABET)
+    for template in HELD_OUT_TEMPLATES:  # the held-out wordings' words are known from pre-training, in statements
+        family, words = TEMPLATES[template].family, HELD_OUT_VOCABULARY[template]
+        assert any(words in w.lower() for w in WEB_WORDINGS[family]), template
+        assert words in TEMPLATES[template].text.lower(), template
     assert to_alphabet("ROMEO:\n\nBut soft!\tWhat\n") == "ROMEO: But soft!What"
     tok = ChatTokenizer.from_alphabet(ALPHABET)
     task = sample_tasks(1, rng=2)[0]

@@ -2,8 +2,10 @@
 
 Per seed, on the modern decoder (`companion.nn.Llama`) with the chat tokenizer (`ChatTokenizer.from_alphabet`):
 
-1. **base**: pre-training on Shakespeare plus synthetic web pages that state the tasks' facts in other words
-   (`posttraining_data`); no test prompt in the corpus, no chat marker in the stream (both asserted);
+1. **base**: pre-training on some Shakespeare plus (mostly) synthetic web pages that state the tasks' facts as
+   statements in many phrasings, the held-out wordings' words among them (`posttraining_data`); no test prompt in
+   the corpus, no chat marker in the stream (both asserted). The model is small (2 layers of width 128) so that
+   pre-training gets enough steps for it to learn to copy from its context, which every skill needs;
 2. **sft**: full fine-tuning on the chat-rendered training tasks, loss on the answer and <|end|>; the ablations
    **sft_nomask** (loss on every token) and **sft_lora** (LoRA r=8 on the attention and MLP projections, with the
    trainable parameters and AdamW's state bytes of both);
@@ -73,23 +75,23 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc_gate", "fc_in", "f
 
 FULL: dict[str, Any] = {
     "seeds": [0, 1, 2],
-    "model": {"n_layers": 4, "d_model": 128, "n_heads": 4, "n_kv_heads": 2, "block_size": 96},
-    "data": {"n_train": 6000, "n_val": 300, "n_test": 400, "shakespeare_chars": None, "web_chars": 1_000_000},
-    "pretrain": {"steps": 900, "batch_size": 32, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 90},
-    "sft": {"steps": 450, "batch_size": 64, "lr": 2e-3, "warmup_steps": 45, "weight_decay": 0.01},
+    "model": {"n_layers": 2, "d_model": 128, "n_heads": 4, "n_kv_heads": 2, "block_size": 64},
+    "data": {"n_train": 6000, "n_val": 300, "n_test": 400, "shakespeare_chars": 100_000, "web_chars": 900_000},
+    "pretrain": {"steps": 1800, "batch_size": 32, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 180},
+    "sft": {"steps": 400, "batch_size": 64, "lr": 2e-3, "warmup_steps": 40, "weight_decay": 0.01},
     "lora": {"r": 8, "alpha": 16, "lr": 4e-3, "targets": list(LORA_TARGETS)},
     "dpo": {"betas": [0.05, 0.1, 0.5], "n_pairs": 1000, "steps": 100, "batch_size": 32, "lr": 5e-5, "warmup_steps": 10},
     "grpo": {
-        "steps": 60,
+        "steps": 120,
         "prompts_per_step": 16,
         "group_size": 8,
         "lr": 1e-4,
         "beta": 0.04,
         "clip_eps": 0.2,
         "temperature": 1.0,
-        "max_new_tokens": 24,
+        "max_new_tokens": 16,
     },
-    "hack": {"steps": 40, "lr": 3e-4},  # the flawed-reward run and its fix: grpo's settings but these
+    "hack": {"steps": 60, "lr": 3e-4},  # the flawed-reward run and its fix: grpo's settings but these
     "eval": {"max_new_tokens": 16, "examples": 3, "continuation_tokens": 40},
     "test_time": {"ks": [1, 2, 4, 8, 16], "temperature": 1.0},
 }
@@ -117,9 +119,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         FULL,
         {
             "seeds": [0],
-            "data": {"n_train": 3000, "n_val": 200, "n_test": 300, "shakespeare_chars": 250_000, "web_chars": 250_000},
-            "pretrain": {"steps": 160, "warmup_steps": 16},
-            "sft": {"steps": 80, "batch_size": 48, "warmup_steps": 8},
+            "data": {"n_train": 3000, "n_val": 200, "n_test": 300, "shakespeare_chars": 30_000, "web_chars": 300_000},
+            "pretrain": {"steps": 450, "warmup_steps": 45},
+            "sft": {"steps": 120, "batch_size": 48, "warmup_steps": 12},
             "dpo": {"n_pairs": 300, "steps": 20, "warmup_steps": 2},
             "grpo": {"steps": 15, "prompts_per_step": 8},
             "hack": {"steps": 15},

@@ -4,10 +4,16 @@ The base model must *know* what the tasks ask (sums, reversed words, who is tall
 instruction or a chat marker, as a model pre-trained on web text knows facts it was never asked about. Its corpus
 is the book's Shakespeare (a newline becomes a space: the chat tokenizer's alphabet is printable ASCII) mixed with
 synthetic "web documents": a few sentences each, every sentence one fact of a task family drawn exactly as the
-tasks draw it (the family's own `TaskTemplate.fill`) and written in prose whose wording is none of the task
-templates':
+tasks draw it (the family's own `TaskTemplate.fill`) and written in one of several prose phrasings, none of them
+a task template:
 
     "7 plus 5 makes 12."   "Reversed, the word pam reads map."   "Ann is taller than Bob, so Bob is the shorter one."
+
+The phrasings use the words of every wording, the held-out ones included, as statements ("The sum of 7 and 5 is
+12.", "In capitals, pam is PAM.", "The bigger of 12 and 40 is 40."): a real model understands an instruction in
+new words because pre-training taught it the words, so the held-out test measures whether the answer format that
+SFT teaches on the seen wordings transfers to words the model knows. A statement is never a prompt: no question,
+no "=", no chat marker (the contamination check below guards the prompts).
 
 `check_pretraining` asserts what the chapter claims: no test prompt occurs in any pre-training document
 (`tasks.contamination`, normalised substrings) and no chat marker was encoded into the token stream.
@@ -38,27 +44,87 @@ __all__ = [
     "web_sentence",
 ]
 
-# Prose for each family's facts, in words no task template uses. Fields are the template fields of
-# `tasks` ({a}, {b}, {w}, ...) and {answer}, the canonical answer.
+# Prose for each family's facts: statements, never a task prompt, in many phrasings (the held-out wordings'
+# words among them). Fields are the template fields of `tasks` ({a}, {b}, {w}, ...) and {answer}, the answer.
 WEB_WORDINGS: dict[str, tuple[str, ...]] = {
     "add": (
         "{a} plus {b} makes {answer}.",
+        "{a} plus {b} is {answer}.",
         "Adding {a} to {b} gives {answer}.",
         "The total of {a} and {b} is {answer}.",
+        "The sum of {a} and {b} is {answer}.",
+        "{a} and {b} add up to {answer}.",
+        "{a}+{b} is {answer}.",
     ),
-    "sub": ("{a} take away {b} leaves {answer}.", "Taking {b} away from {a} leaves {answer}."),
-    "compare": ("Of {a} and {b}, the greater number is {answer}.", "{answer} is the larger one of {a} and {b}."),
+    "sub": (
+        "{a} take away {b} leaves {answer}.",
+        "Taking {b} away from {a} leaves {answer}.",
+        "{a} minus {b} is {answer}.",
+        "{a} minus {b} equals {answer}.",
+        "Subtracting {b} from {a} gives {answer}.",
+        "{a}-{b} is {answer}.",
+    ),
+    "compare": (
+        "Of {a} and {b}, the greater number is {answer}.",
+        "{answer} is the larger one of {a} and {b}.",
+        "The bigger of {a} and {b} is {answer}.",
+        "Between {a} and {b}, {answer} is bigger.",
+        "The max of {a} and {b} is {answer}.",
+        "Of {a} or {b}, the larger is {answer}.",
+    ),
     "sort": (
         "From small to large, {x} {y} {z} is {answer}.",
         "Arranged in rising order, {x}, {y} and {z} read {answer}.",
+        "Sorted, {x} {y} {z} becomes {answer}.",
+        "In order, {x} {y} {z} is {answer}.",
     ),
-    "reverse": ("Reversed, the word {w} reads {answer}.", "Read from the end, {w} is {answer}."),
-    "upper": ("In capital letters, {w} is {answer}.", "Shouted, {w} becomes {answer}."),
-    "count": ("Counting {c} in {w} gives {answer}.", "The letter {c} occurs in {w} this often: {answer}."),
-    "first": ("The word {w} begins with {answer}.", "{w} opens with the letter {answer}."),
-    "last": ("The word {w} finishes with {answer}.", "{w} closes with the letter {answer}."),
-    "unit": ("{n} {big} equals {answer} {small}.", "There are {answer} {small} in {n} {big}."),
-    "fact": ("{a} is {r} than {b}, so {answer} is the {q} one.", "Since {a} is {r} than {b}, the {q} one is {answer}."),
+    "reverse": (
+        "Reversed, the word {w} reads {answer}.",
+        "Read from the end, {w} is {answer}.",
+        "The reverse of {w} is {answer}.",
+        "{w} spelled backwards is {answer}.",
+        "Backwards, {w} reads {answer}.",
+        "{w} reversed is {answer}.",
+    ),
+    "upper": (
+        "In capital letters, {w} is {answer}.",
+        "Shouted, {w} becomes {answer}.",
+        "In capitals, {w} is {answer}.",
+        "{w} in capitals is {answer}.",
+        "The uppercase form of {w} is {answer}.",
+        "Written in capitals, {w} becomes {answer}.",
+    ),
+    "count": (
+        "Counting {c} in {w} gives {answer}.",
+        "The letter {c} occurs in {w} this often: {answer}.",
+        "There are {answer} {c}'s in {w}.",
+        "The word {w} has {answer} of the letter {c}.",
+    ),
+    "first": (
+        "The word {w} begins with {answer}.",
+        "{w} opens with the letter {answer}.",
+        "The first letter of {w} is {answer}.",
+        "{w} starts with {answer}.",
+    ),
+    "last": (
+        "The word {w} finishes with {answer}.",
+        "{w} closes with the letter {answer}.",
+        "The last letter of {w} is {answer}.",
+        "{w} ends with {answer}.",
+    ),
+    "unit": (
+        "{n} {big} equals {answer} {small}.",
+        "There are {answer} {small} in {n} {big}.",
+        "{n} {big} in {small} is {answer}.",
+        "{n} {big} is {answer} {small}.",
+        "Converted to {small}, {n} {big} is {answer}.",
+    ),
+    "fact": (
+        "{a} is {r} than {b}, so {answer} is the {q} one.",
+        "Since {a} is {r} than {b}, the {q} one is {answer}.",
+        "If {a} is {r} than {b}, then {answer} is {q}.",
+        "{a} is {r} than {b}. So the {q} is {answer}.",
+    ),
 }
 _FILL = {family: next(t.fill for t in TEMPLATES.values() if t.family == family) for family in FAMILIES}
 
