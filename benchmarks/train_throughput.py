@@ -20,7 +20,8 @@ bf16+fused and bf16+fused+compile on a CPU with bf16 instructions (avx512_bf16 o
 bf16 is barely faster than fp32). Compilation happens in the first warm-up step, so it is excluded from tokens/s
 and reported on its own: `compile s` = the first step's time minus a timed step's median (compiled
 modes only), with the training time after which a compiled mode's compilation has paid for itself
-against the reference.
+against the reference. PyTorch caches compiled kernels on disk (under the system's temporary folder),
+so a second run of the benchmark compiles in seconds where the first took tens of seconds.
 The load average is printed: other processes on the machine slow every mode down. Tokens per
 CPU-second (process time of all threads) is printed too: with one thread on a busy machine it
 approximates what a dedicated core would do.
