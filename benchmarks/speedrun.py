@@ -60,59 +60,16 @@ ALPHA = 0.01  # a record's one-sided test must reject "mean loss > target" at th
 MIN_SEEDS = 3
 RECORDS = Path(__file__).with_name("records")
 
-# One recipe per target. Everything a run does is here; `--set key=value` changes one entry.
+# One recipe per target: what every recipe shares, and what each changes. Everything a run does is here;
+# `--set key=value` changes one entry.
+SHARED = dict(
+    arch="llama", n_heads=4, d_model=128, optimizer="muon", muon_lr=0.02, lr=5e-3, min_lr=5e-4,
+    dtype="bf16", fused=True, compile=False,
+)  # fmt: skip
 RECIPES: dict[str, dict] = {
-    "1.89": dict(
-        arch="llama",
-        n_layers=3,
-        n_heads=4,
-        d_model=128,
-        block_size=64,
-        optimizer="muon",
-        muon_lr=0.02,
-        lr=5e-3,
-        min_lr=5e-4,
-        warmup=20,
-        steps=230,
-        batch_size=32,
-        dtype="bf16",
-        fused=True,
-        compile=False,
-    ),  # fmt: skip
-    "1.70": dict(
-        arch="llama",
-        n_layers=4,
-        n_heads=4,
-        d_model=128,
-        block_size=64,
-        optimizer="muon",
-        muon_lr=0.02,
-        lr=5e-3,
-        min_lr=5e-4,
-        warmup=40,
-        steps=400,
-        batch_size=32,
-        dtype="bf16",
-        fused=True,
-        compile=False,
-    ),  # fmt: skip
-    "1.55": dict(
-        arch="llama",
-        n_layers=4,
-        n_heads=4,
-        d_model=128,
-        block_size=128,
-        optimizer="muon",
-        muon_lr=0.02,
-        lr=5e-3,
-        min_lr=5e-4,
-        warmup=50,
-        steps=1200,
-        batch_size=16,
-        dtype="bf16",
-        fused=True,
-        compile=False,
-    ),  # fmt: skip
+    "1.89": {**SHARED, "n_layers": 3, "block_size": 64, "batch_size": 32, "warmup": 20, "steps": 230},
+    "1.70": {**SHARED, "n_layers": 4, "block_size": 64, "batch_size": 32, "warmup": 40, "steps": 400},
+    "1.55": {**SHARED, "n_layers": 4, "block_size": 128, "batch_size": 16, "warmup": 50, "steps": 1200},
 }
 GOAL_SECONDS = {"1.89": 15, "1.70": 120, "1.55": 900}  # the times to beat on 2 cores (median over the seeds)
 TINY = dict(n_layers=1, n_heads=2, d_model=32, block_size=16, steps=4, warmup=2, batch_size=4, compile=False)

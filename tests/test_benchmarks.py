@@ -307,3 +307,15 @@ def test_committed_speedrun_records_follow_the_rules_and_are_the_books_table():
         assert r["preset"] == "full" and r["recipe"]["steps"] >= 100
     generated = Path(__file__).parents[1] / "book" / "_generated" / "speedrun.md"
     assert generated.read_text(encoding="utf-8") == bench.table(records)  # `speedrun.py table --markdown` writes it
+
+
+def test_committed_speedrun_records_were_made_by_the_published_recipes():
+    """Each record's recipe is its target's recipe in RECIPES, changed only by the --set items of its command."""
+    bench = load_benchmark("speedrun")
+    for r in bench.load_records(bench.RECORDS):
+        recipe = dict(bench.RECIPES[f"{r['target']:.2f}"])
+        words = r["command"].split()
+        for key, _, value in (words[i + 1].partition("=") for i, w in enumerate(words) if w == "--set"):
+            recipe[key] = type(recipe[key])(value)
+        changed = {k for k in recipe if recipe[k] != r["recipe"][k]}
+        assert r["recipe"].keys() == recipe.keys() and not changed, (r["text"], r["target"], changed)
