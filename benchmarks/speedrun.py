@@ -185,18 +185,36 @@ def keep_better(path: Path, record: dict) -> bool:
     return True
 
 
+def apply_settings(recipe: dict, items: list[str]) -> dict:
+    """A copy of `recipe` with each 'key=value' of `items` applied, the value read as the setting's type."""
+    recipe = dict(recipe)
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in recipe:
+            raise ValueError(f"--set {item}: no recipe setting {key!r} (settings: {', '.join(recipe)})")
+        kind = type(recipe[key])
+        if kind is bool:
+            if value not in ("True", "False"):
+                raise ValueError(f"--set {item}: {key} is True or False")
+            recipe[key] = value == "True"
+            continue
+        try:
+            recipe[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"--set {item}: {key} must be of type {kind.__name__}") from None
+    return recipe
+
+
 def run(args: argparse.Namespace) -> dict:
     """Run a recipe over the seeds and write its record."""
     if args.target not in RECIPES:
         raise ValueError(f"no recipe for target {args.target}: one of {', '.join(RECIPES)}")
+    if len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds {args.seeds}: at least 2 distinct seeds (a record needs {MIN_SEEDS})")
     recipe = dict(RECIPES[args.target])
     if args.preset == "tiny":
         recipe.update(TINY)
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        if key not in recipe:
-            raise ValueError(f"--set {item}: no recipe setting {key!r} (settings: {', '.join(recipe)})")
-        recipe[key] = type(recipe[key])(value) if not isinstance(recipe[key], bool) else value == "True"
+    recipe = apply_settings(recipe, args.set or [])
     if args.threads:
         thread_policy.fix(args.threads)
     text, text_name = load_text(args.text)
@@ -220,7 +238,7 @@ def run(args: argparse.Namespace) -> dict:
         "recipe": recipe,
         "preset": args.preset,
         "runs": runs,
-        **(summarise(target, runs) if len(runs) >= 2 else {"accepted": False}),
+        **summarise(target, runs),
         "rules": {"alpha": ALPHA, "min_seeds": MIN_SEEDS, "split": "last 10% of the characters, all of it"},
         "machine": {**cpu_info(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "load_average_before": load_before,
@@ -228,13 +246,12 @@ def run(args: argparse.Namespace) -> dict:
         "date": dt.date.today().isoformat(),
         "command": " ".join(["python benchmarks/speedrun.py", *args.argv]),
     }
-    if len(runs) >= 2:
-        verdict = "ACCEPTED" if record["accepted"] else "not accepted"
-        print(
-            f"target {target}: mean {record['mean_val_loss']:.4f} ± {record['sd_val_loss']:.4f} (sd of "
-            f"{len(runs)} seeds), one-sided p = {record['p_value']:.2g}: {verdict}; median "
-            f"{record['median_train_wall_s']:.1f} s wall on {describe_cpu()}"
-        )
+    verdict = "ACCEPTED" if record["accepted"] else "not accepted"
+    print(
+        f"target {target}: mean {record['mean_val_loss']:.4f} ± {record['sd_val_loss']:.4f} (sd of "
+        f"{len(runs)} seeds), one-sided p = {format_p(record['p_value'])}: {verdict}; median "
+        f"{record['median_train_wall_s']:.1f} s wall on {describe_cpu()}"
+    )
     written = keep_better(record_path(Path(args.out), text_name, args.target), record)
     print("record written" if written else "an accepted record at least as fast exists: not replaced")
     return record

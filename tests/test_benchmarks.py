@@ -288,6 +288,10 @@ def test_speedrun_bad_input_is_one_line_and_status_2(tmp_path, capsys):
         (["run", "1.23", "--out", str(tmp_path)], "no recipe for target 1.23"),
         (["run", "1.89", "--set", "colour=red", "--out", str(tmp_path)], "no recipe setting 'colour'"),
         (["run", "1.89", "--text", str(tmp_path / "missing.txt"), "--out", str(tmp_path)], "no such file"),
+        (["run", "1.89", "--seeds", "0", "--out", str(tmp_path)], "at least 2 distinct seeds"),
+        (["run", "1.89", "--seeds", "1", "1", "1", "--out", str(tmp_path)], "at least 2 distinct seeds"),
+        (["run", "1.89", "--set", "steps=many", "--out", str(tmp_path)], "steps must be of type int"),
+        (["run", "1.89", "--set", "compile=yes", "--out", str(tmp_path)], "compile is True or False"),
     ]:
         with pytest.raises(SystemExit) as e:
             bench.main(argv)
@@ -313,9 +317,8 @@ def test_committed_speedrun_records_were_made_by_the_published_recipes():
     """Each record's recipe is its target's recipe in RECIPES, changed only by the --set items of its command."""
     bench = load_benchmark("speedrun")
     for r in bench.load_records(bench.RECORDS):
-        recipe = dict(bench.RECIPES[f"{r['target']:.2f}"])
         words = r["command"].split()
-        for key, _, value in (words[i + 1].partition("=") for i, w in enumerate(words) if w == "--set"):
-            recipe[key] = type(recipe[key])(value)
+        sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+        recipe = bench.apply_settings(bench.RECIPES[f"{r['target']:.2f}"], sets)
         changed = {k for k in recipe if recipe[k] != r["recipe"][k]}
         assert r["recipe"].keys() == recipe.keys() and not changed, (r["text"], r["target"], changed)
