@@ -30,7 +30,13 @@ from companion.experiments.posttraining_eval import (
     pass_at_k,
 )
 from companion.experiments.posttraining_pipeline import item_paired_difference
-from companion.experiments.posttraining_report import paired_difference, plot_hacking, plot_test_time, stage_table
+from companion.experiments.posttraining_report import (
+    holm,
+    paired_difference,
+    plot_hacking,
+    plot_test_time,
+    stage_table,
+)
 from companion.experiments.posttraining_stages import perturb, recall_reward, window_means
 from companion.posttraining.chat import ChatTokenizer
 from companion.posttraining.tasks import (
@@ -85,8 +91,9 @@ def test_the_json_has_every_field(tiny):
     assert meta["threads"] == 1 and meta["torch_threads"] == 1 and meta["cpu"]["cpus"] >= 1
     assert 0 < meta["wall_seconds"] < 60 and meta["cpu_seconds"] > 0 and meta["date_utc"]
     assert [r["seed"] for r in tiny["runs"]] == TINY["seeds"]
-    timed = {"data", "pretrain", "sft", "sft_nomask", "sft_lora", "dpo_pairs", "grpo", "rl_hack", "rl_fix", "test_time"}
+    timed = {"data", "pretrain", "sft", "sft_nomask", "sft_lora", "dpo_pairs", "rl_hack", "rl_fix", "test_time"}
     timed |= {f"{s}_eval" for s in exp.STAGES} | {f"dpo_beta_{b:g}" for b in TINY["dpo"]["betas"]}
+    timed |= {f"grpo_lr_{lr:g}" for lr in TINY["grpo"]["lrs"]}
     for run in tiny["runs"]:
         assert set(run["stages"]) == set(exp.STAGES)
         assert set(run["timings"]) == timed
@@ -166,6 +173,20 @@ def test_reward_curves_have_one_entry_per_grpo_step(tiny):
 
 
 @pytest.mark.slow
+def test_grpo_learning_rate_is_chosen_on_validation(tiny):
+    for run in tiny["runs"]:
+        grpo = run["grpo"]
+        assert [e["lr"] for e in grpo["lrs"]] == TINY["grpo"]["lrs"]
+        best = max(e["val"]["accuracy"] for e in grpo["lrs"])
+        assert grpo["selected_lr"] == min(e["lr"] for e in grpo["lrs"] if e["val"]["accuracy"] == best)
+        chosen = next(e for e in grpo["lrs"] if e["lr"] == grpo["selected_lr"])
+        assert grpo["curves"] == chosen["curves"] and grpo["kl"] == chosen["kl"]
+        assert run["stages"]["rl"]["held_out"]["accuracy"] == chosen["held_out"]["accuracy"]
+    assert [row["lr"] for row in tiny["summary"]["grpo_lrs"]] == TINY["grpo"]["lrs"]
+    assert tiny["summary"]["grpo_selected_lrs"] == [r["grpo"]["selected_lr"] for r in tiny["runs"]]
+
+
+@pytest.mark.slow
 def test_test_time_compute_and_summary(tiny):
     ks = TINY["test_time"]["ks"]
     for run in tiny["runs"]:
@@ -219,13 +240,7 @@ def test_presets_are_checked():
     for name, preset in exp.PRESETS.items():
         exp.check_preset(preset)
         assert preset["lora"]["r"] <= preset["model"]["d_model"], name
-    assert exp.PRESETS["full"]["model"] == {
-        "n_layers": 2,
-        "d_model": 128,
-        "n_heads": 4,
-        "n_kv_heads": 2,
-        "block_size": 64,
-    }
+    assert exp.PRESETS["notebook"]["model"]["n_layers"] < exp.PRESETS["full"]["model"]["n_layers"]
     assert exp.PRESETS["notebook"]["seeds"] == [0] and len(exp.PRESETS["full"]["seeds"]) >= 3
     with pytest.raises(ValueError, match="unknown setting"):
         exp.merged(exp.FULL, {"sft": {"stpes": 3}})
@@ -235,6 +250,10 @@ def test_presets_are_checked():
         exp.check_preset(exp.merged(exp.FULL, {"seeds": [1, 1]}))
     with pytest.raises(ValueError, match="lacks settings"):
         exp.check_preset({k: v for k, v in exp.FULL.items() if k != "dpo"})
+    with pytest.raises(ValueError, match="grpo lrs"):
+        exp.check_preset(exp.merged(exp.FULL, {"grpo": {"lrs": []}}))
+    with pytest.raises(ValueError, match="hack settings"):
+        exp.check_preset(exp.FULL | {"hack": {"steps": 2, "lr": 3e-4, "temperture": 1.0}})
 
 
 # ----------------------------------------------------------------------------- the pieces
@@ -284,6 +303,15 @@ def test_paired_differences_match_scipy_and_say_when_nothing_is_detected():
     assert paired_difference([0.1, 0.2, 0.3], [0.1, 0.2, 0.3])["verdict"] == "no detectable difference"
     assert paired_difference([0.1, 0.2, 0.3], [0.0, 0.1, 0.2])["verdict"] == "worse"  # the same drop every seed
     assert paired_difference([0.1, 0.2], [0.3, 0.4])["p_value"] is None
+
+
+def test_holm_adjustment_by_hand():
+    # m = 4 tested: sorted 0.01, 0.02, 0.03, 0.5 -> 0.04, 0.06, 0.06 (kept non-decreasing), 0.5; None stays None
+    assert holm([0.03, None, 0.01, 0.5, 0.02]) == pytest.approx([0.06, None, 0.04, 0.5, 0.06])
+    assert holm([0.4, 0.6]) == [0.8, 0.8] and holm([0.6, 0.7]) == [1.0, 1.0]  # kept monotone; capped at 1
+    assert holm([None, None]) == [None, None] and holm([]) == []
+    with pytest.raises(ValueError, match="p-values must lie in"):
+        holm([0.1, 1.5])
     items = item_paired_difference([True, False, False, True], [True, True, False, False])
     assert items == {"difference": 0.0, "se_items": round(math.sqrt(2 / 3) / 2, 4)}
 

@@ -4,7 +4,7 @@ Per seed, on the modern decoder (`companion.nn.Llama`) with the chat tokenizer (
 
 1. **base**: pre-training on some Shakespeare plus (mostly) synthetic web pages that state the tasks' facts as
    statements in many phrasings, the held-out wordings' words among them (`posttraining_data`); no test prompt in
-   the corpus, no chat marker in the stream (both asserted). The model is small (2 layers of width 128) so that
+   the corpus, no chat marker in the stream (both asserted). The model is small (4 layers of width 128) so that
    pre-training gets enough steps for it to learn to copy from its context, which every skill needs;
 2. **sft**: full fine-tuning on the chat-rendered training tasks, loss on the answer and <|end|>; the ablations
    **sft_nomask** (loss on every token) and **sft_lora** (LoRA r=8 on the attention and MLP projections, with the
@@ -13,7 +13,8 @@ Per seed, on the modern decoder (`companion.nn.Llama`) with the chat tokenizer (
    with the best accuracy on the *validation* tasks (seen wordings, never trained on; a tie goes to the larger
    beta), never chosen on a test;
 4. **rl**: GRPO from the SFT model (not from DPO: each method is then measured against the same start, and RL's
-   gain does not depend on DPO's beta), reward = the exact checker; then the reward-hacking demonstration:
+   gain does not depend on DPO's beta), reward = the exact checker, one run per learning rate and the one kept
+   the best on the validation tasks (a tie goes to the smaller rate); then the reward-hacking demonstration:
    **rl_hack** with a flawed reward (character recall: the share of the answer's characters found anywhere in the
    reply, which extra characters never lower) and **rl_fix**, the same run with the exact checker (same settings,
    prompts and sampling seeds), each with its curves of reward, true accuracy and reply length;
@@ -75,17 +76,17 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc_gate", "fc_in", "f
 
 FULL: dict[str, Any] = {
     "seeds": [0, 1, 2],
-    "model": {"n_layers": 2, "d_model": 128, "n_heads": 4, "n_kv_heads": 2, "block_size": 64},
+    "model": {"n_layers": 4, "d_model": 128, "n_heads": 4, "n_kv_heads": 2, "block_size": 64},
     "data": {"n_train": 6000, "n_val": 300, "n_test": 400, "shakespeare_chars": 100_000, "web_chars": 900_000},
-    "pretrain": {"steps": 1800, "batch_size": 32, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 180},
-    "sft": {"steps": 400, "batch_size": 64, "lr": 2e-3, "warmup_steps": 40, "weight_decay": 0.01},
+    "pretrain": {"steps": 2400, "batch_size": 32, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 240},
+    "sft": {"steps": 600, "batch_size": 64, "lr": 2e-3, "warmup_steps": 60, "weight_decay": 0.01},
     "lora": {"r": 8, "alpha": 16, "lr": 4e-3, "targets": list(LORA_TARGETS)},
     "dpo": {"betas": [0.05, 0.1, 0.5], "n_pairs": 1000, "steps": 100, "batch_size": 32, "lr": 5e-5, "warmup_steps": 10},
     "grpo": {
-        "steps": 120,
+        "steps": 100,
         "prompts_per_step": 16,
         "group_size": 8,
-        "lr": 1e-4,
+        "lrs": [3e-5, 1e-4],  # one run each; the summary keeps the best on validation
         "beta": 0.04,
         "clip_eps": 0.2,
         "temperature": 1.0,
@@ -119,11 +120,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         FULL,
         {
             "seeds": [0],
+            "model": {"n_layers": 2},
             "data": {"n_train": 3000, "n_val": 200, "n_test": 300, "shakespeare_chars": 30_000, "web_chars": 300_000},
             "pretrain": {"steps": 450, "warmup_steps": 45},
             "sft": {"steps": 120, "batch_size": 48, "warmup_steps": 12},
             "dpo": {"n_pairs": 300, "steps": 20, "warmup_steps": 2},
-            "grpo": {"steps": 15, "prompts_per_step": 8},
+            "grpo": {"steps": 15, "prompts_per_step": 8, "lrs": [1e-4]},
             "hack": {"steps": 15},
             "test_time": {"ks": [1, 2, 4, 8]},
         },
@@ -137,7 +139,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "pretrain": {"steps": 15, "batch_size": 8, "warmup_steps": 2},
             "sft": {"steps": 10, "batch_size": 16, "warmup_steps": 2},
             "dpo": {"n_pairs": 24, "steps": 4, "batch_size": 8, "warmup_steps": 1},
-            "grpo": {"steps": 3, "prompts_per_step": 3, "group_size": 4, "max_new_tokens": 12},
+            "grpo": {"steps": 3, "prompts_per_step": 3, "group_size": 4, "max_new_tokens": 12, "lrs": [1e-4, 3e-4]},
             "hack": {"steps": 2},
             "eval": {"max_new_tokens": 8, "continuation_tokens": 12},
             "test_time": {"ks": [1, 2, 4]},
@@ -162,8 +164,10 @@ def check_preset(preset: dict[str, Any]) -> None:
         )
     if not preset["test_time"]["ks"] or min(preset["test_time"]["ks"]) < 1:
         raise ValueError(f"test_time ks must be >= 1, at least one, got {preset['test_time']['ks']}")
-    if not set(preset["hack"]) <= set(preset["grpo"]):
-        raise ValueError(f"hack settings override grpo's, so they must be grpo settings, got {sorted(preset['hack'])}")
+    if not set(preset["hack"]) <= set(preset["grpo"]) | {"lr"}:
+        raise ValueError(f"hack settings must be grpo settings or lr, got {sorted(preset['hack'])}")
+    if not preset["grpo"]["lrs"] or min(preset["grpo"]["lrs"]) <= 0:
+        raise ValueError(f"grpo lrs: give at least one learning rate > 0, got {preset['grpo']['lrs']}")
     if not preset["dpo"]["betas"]:
         raise ValueError("dpo betas: give at least one")
 

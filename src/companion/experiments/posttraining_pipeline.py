@@ -202,13 +202,30 @@ class SeedRun:
         self.measure("dpo", models[chosen])
 
     def reinforce(self, sft: Llama) -> Llama:
-        """Stage 4: GRPO from `sft` with the exact checker; then the flawed reward and its fix. Returns the rl model."""
-        rl = copy.deepcopy(sft).requires_grad_(True)
-        with self.clock("grpo"):
-            self.record["grpo"] = train_grpo(rl, sft, self.tok, self.split.train, reward, self.p["grpo"], self.seed)
-            self.record["grpo"]["kl"] = self._kl(rl, sft)
+        """Stage 4: GRPO from `sft` with the exact checker, one run per learning rate, the one kept the best on the
+        validation tasks; then the flawed reward and its fix. Returns the rl model."""
+        cfg, max_new = self.p["grpo"], self.p["eval"]["max_new_tokens"]
+        runs, models = [], {}
+        for lr in cfg["lrs"]:
+            policy = copy.deepcopy(sft).requires_grad_(True)
+            with self.clock(f"grpo_lr_{lr:g}"):
+                entry = {"lr": lr} | train_grpo(
+                    policy, sft, self.tok, self.split.train, reward, cfg | {"lr": lr}, self.seed
+                )
+                scores, _ = evaluate(policy, self.tok, self.tests | {"val": self.split.val}, max_new, 0)
+                entry |= {k: {"accuracy": v["accuracy"], "se": v["se"], "n": v["n"]} for k, v in scores.items()}
+                entry["kl"] = self._kl(policy, sft)
+            runs.append(entry)
+            models[lr] = policy
+            held, val = entry["held_out"]["accuracy"], entry["val"]["accuracy"]
+            self.log(f"seed {self.seed} grpo lr {lr:g}: held-out {held:.3f}, validation {val:.3f}")
+        # the best validation accuracy; a tie goes to the smaller learning rate, the policy moved least
+        chosen = max(runs, key=lambda e: (e["val"]["accuracy"], -e["lr"]))
+        self.record["grpo"] = {"lrs": runs, "selected_lr": chosen["lr"], "steps": chosen["steps"]}
+        self.record["grpo"] |= {"curves": chosen["curves"], "kl": chosen["kl"]}
+        rl = models[chosen["lr"]]
         self.measure("rl", rl)
-        cfg, curves = self.p["grpo"] | self.p["hack"], {}
+        cfg, curves = self.p["grpo"] | self.p["hack"], {}  # the hack section sets its own lr
         for name, reward_fn in (("rl_hack", recall_reward), ("rl_fix", reward)):
             policy = copy.deepcopy(sft).requires_grad_(True)
             with self.clock(name):

@@ -2,7 +2,9 @@
 
 For each stage and test, the mean accuracy over the seeds and its standard error (sample std / sqrt(seeds)); for
 each comparison of two stages, the paired difference seed by seed (to - from), its mean and standard error, and
-with three seeds or more a paired t-test (scipy.stats.ttest_rel). The verdict is "better" or "worse" only when
+with three seeds or more a paired t-test (scipy.stats.ttest_rel). The summary makes many comparisons at once (every
+pair of stages on both tests), so the p-values are adjusted with Holm's step-down method (Holm 1979), which keeps
+the chance of *any* false "better"/"worse" below 0.05. The verdict is "better" or "worse" only when the adjusted
 p < 0.05, otherwise "no detectable difference": a stage that does not help is reported as such.
 """
 
@@ -16,7 +18,7 @@ from scipy.stats import ttest_rel
 
 from companion.analysis.metrics import mean_se
 
-__all__ = ["P_THRESHOLD", "paired_difference", "plot_hacking", "plot_test_time", "stage_table", "summarize"]
+__all__ = ["P_THRESHOLD", "holm", "paired_difference", "plot_hacking", "plot_test_time", "stage_table", "summarize"]
 
 P_THRESHOLD = 0.05
 TESTS = ("seen", "held_out")
@@ -55,6 +57,43 @@ def paired_difference(before: Sequence[float], after: Sequence[float]) -> dict[s
     }
 
 
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (None stays None): the i-th smallest of m is multiplied by m - i + 1,
+    then made non-decreasing in that order and capped at 1."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    if any(not 0 <= p <= 1 for p, _ in tested):
+        raise ValueError(f"p-values must lie in [0, 1], got {[p for p, _ in tested]}")
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def _with_holm(differences: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The differences with Holm-adjusted p-values, and verdicts taken on those."""
+    for d, adjusted in zip(differences, holm([d["p_value"] for d in differences])):
+        d["p_holm"] = _r(adjusted, 5)
+        if adjusted is not None:
+            better = d["mean"] > 0
+            d["verdict"] = ("better" if better else "worse") if adjusted < P_THRESHOLD else "no detectable difference"
+    return differences
+
+
+def _sweep(runs: list[dict[str, Any]], section: str, key: str, values_key: str) -> list[dict[str, Any]]:
+    """Mean +- SE over seeds of each swept setting's accuracies and sampled KL (DPO's betas, GRPO's lrs)."""
+    rows = []
+    for i, value in enumerate(entry[key] for entry in runs[0][section][values_key]):
+        row: dict[str, Any] = {key: value}
+        for test in ("seen", "held_out", "val"):
+            accs = [r[section][values_key][i][test]["accuracy"] for r in runs]
+            row[test] = dict(zip(("mean", "se"), map(_r, mean_se(accs))))
+        row["kl"] = dict(zip(("mean", "se"), map(_r, mean_se([r[section][values_key][i]["kl"]["mean"] for r in runs]))))
+        rows.append(row)
+    return rows
+
+
 def _stage_summary(runs: list[dict[str, Any]], stage: str) -> dict[str, Any]:
     """Mean and standard error over the runs of one stage's accuracy on each test, and per family (held-out)."""
     out: dict[str, Any] = {}
@@ -85,23 +124,15 @@ def summarize(runs: list[dict[str, Any]], stages: Sequence[str], comparisons: Se
             before = [r["stages"][a][test]["accuracy"] for r in runs]
             after = [r["stages"][b][test]["accuracy"] for r in runs]
             differences.append({"from": a, "to": b, "test": test} | paired_difference(before, after))
-    betas = [entry["beta"] for entry in runs[0]["dpo"]["betas"]]
-    sweep = []
-    for i, beta in enumerate(betas):
-        row: dict[str, Any] = {"beta": beta}
-        for key in ("seen", "held_out", "val"):
-            row[key] = dict(
-                zip(("mean", "se"), map(_r, mean_se([r["dpo"]["betas"][i][key]["accuracy"] for r in runs])))
-            )
-        row["kl"] = dict(zip(("mean", "se"), map(_r, mean_se([r["dpo"]["betas"][i]["kl"]["mean"] for r in runs]))))
-        sweep.append(row)
     ttc = [r["test_time"] for r in runs]
     return {
         "seeds": [r["seed"] for r in runs],
         "stages": {s: _stage_summary(runs, s) for s in stages},
-        "differences": differences,
-        "dpo_betas": sweep,
+        "differences": _with_holm(differences),
+        "dpo_betas": _sweep(runs, "dpo", "beta", "betas"),
         "dpo_selected_betas": [r["dpo"]["selected_beta"] for r in runs],
+        "grpo_lrs": _sweep(runs, "grpo", "lr", "lrs"),
+        "grpo_selected_lrs": [r["grpo"]["selected_lr"] for r in runs],
         "test_time": {
             "k": ttc[0]["k"],
             "majority": [dict(zip(("mean", "se"), map(_r, mean_se(v)))) for v in zip(*(t["majority"] for t in ttc))],
@@ -112,7 +143,10 @@ def summarize(runs: list[dict[str, Any]], stages: Sequence[str], comparisons: Se
             run: {key: _mean_curve([r["reward_hacking"][run][key] for r in runs]) for key in CURVES}
             for run in ("curves", "fix_curves")
         },
-        "rule": f"verdict 'better'/'worse' only when the paired t-test over seeds gives p < {P_THRESHOLD}",
+        "rule": (
+            f"verdict 'better'/'worse' only when the paired t-test over seeds, Holm-adjusted over all "
+            f"{len(differences)} comparisons, gives p < {P_THRESHOLD}"
+        ),
     }
 
 
