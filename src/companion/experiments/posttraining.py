@@ -27,7 +27,7 @@ standard error over seeds per stage and the paired difference of successive stag
 seed's record the same differences on its test items, with their item-level standard error). Nothing is selected
 on a test and nothing stops early.
 
-    python -m companion.experiments.posttraining --preset full --seeds 0 1 2 --threads 2 \\
+    python -m companion.experiments.posttraining --preset full --threads 1 --processes 2 \\
         --out src/companion/results/posttraining.json
     python -m companion.experiments.posttraining --preset tiny          # writes ./posttraining_tiny.json
 """
@@ -36,8 +36,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing
+import resource
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -172,13 +176,39 @@ def check_preset(preset: dict[str, Any]) -> None:
         raise ValueError("dpo betas: give at least one")
 
 
-def run(preset: dict[str, Any], seeds: list[int] | None = None, verbose: bool = False) -> dict[str, Any]:
-    """Run `preset` (seeds overridden by `seeds`) for every seed; the JSON-ready result with its summary."""
+def _log(verbose: bool) -> Callable[[str], None]:
+    return (lambda s: print(s, flush=True)) if verbose else (lambda s: None)
+
+
+def _seed_in_process(preset: dict[str, Any], seed: int, threads: int, verbose: bool) -> dict[str, Any]:
+    """One seed's run in a worker process of its own, on `threads` threads."""
+    thread_policy.fix(threads)
+    return SeedRun(preset, seed, _log(verbose)).run(COMPARISONS)
+
+
+def run(
+    preset: dict[str, Any], seeds: list[int] | None = None, verbose: bool = False, processes: int = 1
+) -> dict[str, Any]:
+    """Run `preset` (seeds overridden by `seeds`) for every seed; the JSON-ready result with its summary.
+
+    With processes > 1 the seeds run side by side, each in a fresh process (so a seed's result never depends
+    on what ran before it) on this process's thread count: on a small model two one-thread processes use two
+    cores better than one two-thread process.
+    """
     preset = merged(preset, {"seeds": list(seeds)}) if seeds is not None else copy.deepcopy(preset)
     check_preset(preset)
-    log = (lambda s: print(s, flush=True)) if verbose else (lambda s: None)
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
     wall, cpu = time.perf_counter(), time.process_time()
-    runs = [SeedRun(preset, seed, log).run(COMPARISONS) for seed in preset["seeds"]]
+    children_cpu = _children_cpu()
+    threads = torch.get_num_threads()
+    if processes == 1:
+        runs = [SeedRun(preset, seed, _log(verbose)).run(COMPARISONS) for seed in preset["seeds"]]
+    else:
+        context = multiprocessing.get_context("spawn")  # fork after torch's threads started is unsafe
+        with ProcessPoolExecutor(processes, mp_context=context, max_tasks_per_child=1) as pool:
+            jobs = [pool.submit(_seed_in_process, preset, seed, threads, verbose) for seed in preset["seeds"]]
+            runs = [job.result() for job in jobs]
     return {
         "format": FORMAT,
         "version": 1,
@@ -194,11 +224,18 @@ def run(preset: dict[str, Any], seeds: list[int] | None = None, verbose: bool = 
             "date_utc": utc_now(),
             **machine(),
             "cpu": cpu_info(),
-            "threads": torch.get_num_threads(),
+            "threads": threads,
+            "processes": processes,
             "wall_seconds": round(time.perf_counter() - wall, 1),
-            "cpu_seconds": round(time.process_time() - cpu, 1),
+            "cpu_seconds": round(time.process_time() - cpu + _children_cpu() - children_cpu, 1),
         },
     }
+
+
+def _children_cpu() -> float:
+    """CPU seconds used so far by this process's finished child processes."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def live(verbose: bool = False) -> dict[str, Any]:
@@ -234,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None, help=f"JSON to write (default: ./{NAME}_<preset>.json)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--threads", type=int, default=None, help="fixed CPU threads (default: companion.threads)")
+    parser.add_argument("--processes", type=int, default=1, help="seeds run side by side, each in its own process")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -247,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seeds must be distinct integers >= 0, got {args.seeds}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.processes < 1:
+        parser.error(f"--processes must be >= 1, got {args.processes}")
     out = args.out or default_out(NAME, args.preset)
     if out.is_dir():
         parser.error(f"{out} is a folder, not a JSON file")
@@ -254,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{out} exists: pass --force to replace it")
     if args.threads:
         thread_policy.fix(args.threads)
-    result = run(PRESETS[args.preset], args.seeds, verbose=not args.quiet)
+    result = run(PRESETS[args.preset], args.seeds, verbose=not args.quiet, processes=args.processes)
     result["command"] = " ".join([parser.prog, *argv])
     write_json(out, result)
     if not args.quiet:
