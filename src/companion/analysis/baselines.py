@@ -9,7 +9,7 @@ with full-batch L-BFGS, so the result is the unique optimum (no learning rate, n
 why these convex linear models are not fitted with the SGD loop of `companion.training.trainer`:
 the whole data set fits in one batch, the objective is convex, and a quasi-Newton method reaches
 its exact optimum deterministically, with no schedule to tune. The same `fit_linear_probe` probes
-the hidden states of a Transformer layer by layer (Chapter 10).
+the hidden states of a Transformer layer by layer (Chapter 11).
 For bag-of-words, $x \in \{0, 1\}^{|V|}$ says which words occur in the text; $W x$ is a sum of
 one weight column per distinct word, computed with ``nn.EmbeddingBag``. A word that never occurs
 in the training texts gets zero gradient from the data term, so the L2 term keeps its weight at 0.
