@@ -173,6 +173,25 @@ def test_reward_curves_have_one_entry_per_grpo_step(tiny):
 
 
 @pytest.mark.slow
+def test_seeds_in_separate_processes_give_the_same_records(tiny):
+    threads, fixed = torch.get_num_threads(), thread_policy.fixed
+    try:
+        thread_policy.fix(1)  # as the fixture's command line (--threads 1)
+        side_by_side = exp.run(TINY, processes=2)
+    finally:
+        torch.set_num_threads(threads)
+        thread_policy.fixed = fixed
+    assert side_by_side["metadata"]["processes"] == 2 and tiny["metadata"]["processes"] == 1
+
+    def without_timings(run: dict) -> str:
+        return json.dumps({k: v for k, v in run.items() if k != "timings"}, sort_keys=True)
+
+    assert [without_timings(r) for r in side_by_side["runs"]] == [without_timings(r) for r in tiny["runs"]]
+    with pytest.raises(ValueError, match="processes must be >= 1"):
+        exp.run(TINY, processes=0)
+
+
+@pytest.mark.slow
 def test_grpo_learning_rate_is_chosen_on_validation(tiny):
     for run in tiny["runs"]:
         grpo = run["grpo"]
@@ -230,7 +249,15 @@ def test_refuses_to_overwrite_without_force(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "argv",
-    [["--preset", "huge"], ["--seeds", "1", "1"], ["--seeds", "-1"], ["--seeds", "x"], ["--threads", "0"], ["--bad"]],
+    [
+        ["--preset", "huge"],
+        ["--seeds", "1", "1"],
+        ["--seeds", "-1"],
+        ["--seeds", "x"],
+        ["--threads", "0"],
+        ["--bad"],
+        ["--processes", "0"],
+    ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, capsys):
     _fails(argv, capsys)
