@@ -213,7 +213,7 @@ def test_deck_renders_offline(deck, browser, tmp_path):
         assert checks["mathjax"] > 0 and checks["mathjax_errors"] == 0
         text = page.evaluate(VISIBLE_TEXT_JS)
         assert "$$" not in text and "\\(" not in text and not re.search(r"\\(frac|sum|mathcal)\b", text)
-        n_mermaid = html.count('class="jp-Mermaid"')
+        n_mermaid = html.count('<pre class="mermaid">')
         assert n_mermaid == sum(c.source.count("```mermaid") for c in nbformat.read(CHAPTER, 4).cells)
         assert checks["mermaid_svgs"] == checks["mermaid_blocks"] == n_mermaid
         h, v = page.evaluate(MATH_SLIDE_JS)

@@ -36,7 +36,7 @@ CODE_LINE_PX, CODE_CHARS = 21, 86  # a line of code at 16 px
 OUTPUT_LINE_PX = 19  # a line of text output at 14 px (never wrapped: a wide one scrolls sideways)
 HEADING_PX = {1: 90, 2: 75, 3: 60}
 BLOCK_GAP_PX = 16
-MERMAID_PX = 420  # diagrams are drawn at most this tall (tools/slides.py's CSS)
+MERMAID_PX = 520  # diagrams are drawn at most this tall (tools/slides.py's CSS)
 IMAGE_WIDTH_PX = 860
 MAX_OUTPUT_LINES = 12  # a longer text output keeps its first and last lines
 

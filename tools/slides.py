@@ -68,7 +68,7 @@ window.MathJax = {
 <style>
 :root { --jp-code-font-size: 16px; --jp-cell-prompt-width: 0px; }
 .reveal .jp-OutputArea-output pre { font-size: 14px; white-space: pre; overflow-x: auto; }
-.reveal .jp-Mermaid svg { max-height: 420px; max-width: 100%; }
+.reveal .jp-Mermaid svg { max-height: 520px; max-width: 100%; }
 .reveal .jp-Mermaid { display: flex; justify-content: center; }
 .reveal .slides section.deck-scroll { height: 100%; overflow-y: auto; }
 </style>
@@ -96,12 +96,12 @@ Reveal.on("slidechanged", scrollIfTall);
 mermaid.initialize({startOnLoad: false, theme: "default"});
 (async () => {
   let n = 0;
-  for (const pre of document.querySelectorAll(".jp-Mermaid > pre.mermaid")) {
+  for (const pre of document.querySelectorAll("pre.mermaid")) {
     const box = Object.assign(document.createElement("div"), {style: "position:absolute; left:-10000px; top:0"});
     document.body.appendChild(box);
     try {
       const {svg} = await mermaid.render(`deck-mermaid-${n++}`, pre.textContent.trim(), box);
-      const figure = Object.assign(document.createElement("div"), {className: "mermaid", innerHTML: svg});
+      const figure = Object.assign(document.createElement("div"), {className: "jp-Mermaid mermaid", innerHTML: svg});
       pre.replaceWith(figure);
     } finally {
       box.remove();
@@ -113,6 +113,21 @@ mermaid.initialize({startOnLoad: false, theme: "default"});
 </script>
 {% endblock footer_js %}
 """
+
+
+MERMAID = re.compile(r"^```mermaid[ \t]*\n(.*?)\n```[ \t]*$", re.S | re.M)
+
+
+def escape_mermaid(nb: nbformat.NotebookNode) -> None:
+    """Put each ```mermaid block into an HTML <pre>, escaped, in place.
+
+    nbconvert writes the diagram's source into the page unescaped, so the browser parses the
+    labels' <b> and <br/> as HTML and Mermaid no longer sees them.
+    """
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            escaped = lambda m: f'<pre class="mermaid">{html.escape(m.group(1))}</pre>'  # noqa: E731
+            cell.source = MERMAID.sub(escaped, cell.source)
 
 
 def assets(out: Path) -> dict[str, str]:
@@ -215,6 +230,7 @@ def build(
         source = with_outputs(path, nb, cache, execute)
         title = title_of(nb, path.stem)
         nb, _ = _module("slide_layout").SlideStructure().preprocess(nb, {"metadata": {"name": path.name}})
+        escape_mermaid(nb)
         deck = out / f"{path.stem}.slides.html"
         deck.write_text(export(nb, title, urls), encoding="utf-8")
         n_slides = sum(c.metadata.get("slideshow", {}).get("slide_type") in ("slide", "subslide") for c in nb.cells)

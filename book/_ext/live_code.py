@@ -93,9 +93,10 @@ LIVE_JS = r"""
       await load("link", {rel: "stylesheet", href: new URL("thebe.css", thebeURL).href});
       await load("script", {src: thebeURL.href});
       markCells();
+      let ready = false;
       thebe.on("status", (_, data) => {
-        if (data.subject === "kernel" || data.subject === "session" || data.subject === "server") {
-          say(`Live code: ${data.subject} ${data.status}`, "connecting");
+        if (!ready && ["server", "session", "kernel"].includes(data.subject)) {
+          say(`Live code: ${data.subject} ${data.status}…`, "connecting");
         }
       });
       thebe.on("error", (_, data) => say(`Live code failed: ${data.message}`, "error"));
@@ -114,6 +115,7 @@ LIVE_JS = r"""
         predefinedOutput: true,
       });
       if (!session) throw new Error("the Jupyter server did not start a kernel");
+      ready = true;
       say("Live code: the kernel is ready. Edit a cell and press run (run the cells above it first)", "ready");
     } catch (err) {
       started = false;
