@@ -2,11 +2,13 @@
 
 It serves a folder on 127.0.0.1, opens pages in headless Chromium with every other
 host unresolvable, and reports for each page: the DOM after scripts ran, the URLs
-the page requested, console errors and uncaught exceptions.
+the page requested, console errors and uncaught exceptions. `Chromium.page` keeps a
+page open to run JavaScript in it, wait for a condition and take screenshots.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import http.server
@@ -155,68 +157,112 @@ class Chromium:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 
-    def visit(self, url: str, settle_s: float = 2.0, timeout_s: float = 60.0) -> PageReport:
-        """Load `url`, wait for it to settle, and report what happened."""
+    @contextlib.contextmanager
+    def page(self, url: str, settle_s: float = 2.0, timeout_s: float = 60.0):
+        """Open `url` in a new tab, wait for it to settle, and yield a `Page` to act on it."""
         target = self._new_target()
         ws = websocket.create_connection(target["webSocketDebuggerUrl"], timeout=timeout_s)
-        report = PageReport(url=url)
-
-        def send(method: str, **params) -> int:
-            self._id += 1
-            ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
-            return self._id
-
-        def handle(msg: dict) -> None:
-            method, params = msg.get("method"), msg.get("params", {})
-            if method == "Network.requestWillBeSent":
-                report.requests.append(params["request"]["url"])
-            elif method == "Network.loadingFailed" and not params.get("canceled"):
-                report.failed_requests.append(f"{params.get('errorText')} ({params.get('requestId')})")
-            elif method == "Runtime.exceptionThrown":
-                details = params["exceptionDetails"]
-                desc = details.get("exception", {}).get("description") or details.get("text")
-                report.console_errors.append(f"uncaught: {desc}")
-            elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
-                args = " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
-                report.console_errors.append(f"console.error: {args}")
-            elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
-                entry = params["entry"]
-                report.console_errors.append(f"log: {entry.get('text')} {entry.get('url', '')}")
-
-        def call(method: str, **params) -> dict:
-            msg_id = send(method, **params)
-            while True:
-                msg = json.loads(ws.recv())
-                if msg.get("id") == msg_id:
-                    if "error" in msg:
-                        raise RuntimeError(f"{method} failed: {msg['error']}")
-                    return msg.get("result", {})
-                handle(msg)
-
+        page = Page(self, ws, PageReport(url=url), timeout_s)
         try:
             for domain in ("Network", "Runtime", "Log", "Page"):
-                call(f"{domain}.enable")
-            call("Page.navigate", url=url)
+                page.call(f"{domain}.enable")
+            page.call("Page.navigate", url=url)
             deadline = time.monotonic() + timeout_s
             loaded_at = None
-            ws.settimeout(0.25)
             while time.monotonic() < deadline:
-                try:
-                    msg = json.loads(ws.recv())
-                except websocket.WebSocketTimeoutException:
-                    msg = {}
+                msg = page.receive(0.25)
                 if msg.get("method") == "Page.loadEventFired":
                     loaded_at = time.monotonic()
-                handle(msg)
                 if loaded_at is not None and time.monotonic() - loaded_at > settle_s:
                     break
-            ws.settimeout(timeout_s)
-            result = call("Runtime.evaluate", expression=PAGE_CHECKS_JS, returnByValue=True)
-            report.checks = json.loads(result["result"]["value"])
-            html = call("Runtime.evaluate", expression="document.documentElement.outerHTML", returnByValue=True)
-            report.html = html["result"]["value"]
+            yield page
         finally:
             ws.close()
             with contextlib.suppress(Exception):
                 urllib.request.urlopen(f"http://127.0.0.1:{self._port}/json/close/{target['id']}", timeout=5)
-        return report
+
+    def visit(self, url: str, settle_s: float = 2.0, timeout_s: float = 60.0) -> PageReport:
+        """Load `url`, wait for it to settle, and report what happened."""
+        with self.page(url, settle_s, timeout_s) as page:
+            page.report.checks = json.loads(page.evaluate(PAGE_CHECKS_JS))
+            page.report.html = page.evaluate("document.documentElement.outerHTML")
+        return page.report
+
+
+class Page:
+    """A tab of `Chromium` on one page: evaluate JavaScript, wait for a condition, take a screenshot.
+
+    Every event the page sends meanwhile (requests, console errors) goes into `report`.
+    """
+
+    def __init__(self, browser: Chromium, ws, report: PageReport, timeout_s: float):
+        self._browser, self._ws, self.report, self._timeout_s = browser, ws, report, timeout_s
+
+    def _handle(self, msg: dict) -> None:
+        method, params, report = msg.get("method"), msg.get("params", {}), self.report
+        if method == "Network.requestWillBeSent":
+            report.requests.append(params["request"]["url"])
+        elif method == "Network.loadingFailed" and not params.get("canceled"):
+            report.failed_requests.append(f"{params.get('errorText')} ({params.get('requestId')})")
+        elif method == "Runtime.exceptionThrown":
+            details = params["exceptionDetails"]
+            desc = details.get("exception", {}).get("description") or details.get("text")
+            report.console_errors.append(f"uncaught: {desc}")
+        elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+            args = " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+            report.console_errors.append(f"console.error: {args}")
+        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+            entry = params["entry"]
+            report.console_errors.append(f"log: {entry.get('text')} {entry.get('url', '')}")
+
+    def receive(self, timeout_s: float) -> dict:
+        """The next message from the page within `timeout_s` ({} if none), after recording it."""
+        self._ws.settimeout(timeout_s)
+        try:
+            msg = json.loads(self._ws.recv())
+        except websocket.WebSocketTimeoutException:
+            return {}
+        self._handle(msg)
+        return msg
+
+    def call(self, method: str, **params) -> dict:
+        """Send a DevTools command and return its result."""
+        self._browser._id += 1
+        msg_id = self._browser._id
+        self._ws.settimeout(self._timeout_s)
+        self._ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self._ws.recv())
+            if msg.get("id") == msg_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method} failed: {msg['error']}")
+                return msg.get("result", {})
+            self._handle(msg)
+
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page (awaited if it is a promise)."""
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression[:80]!r} raised: {result['exceptionDetails'].get('text')}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout_s: float = 60.0, poll_s: float = 0.25):
+        """Poll a JavaScript expression until it is truthy; return its value, or raise TimeoutError.
+
+        The value crosses as JSON: a DOM element arrives as {}, which is false here (use `!!element`).
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{expression[:120]!r} still false after {timeout_s:.0f} s")
+            self.receive(poll_s)
+
+    def screenshot(self, path: Path) -> Path:
+        """Save what the page shows now as a PNG."""
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
+        return path

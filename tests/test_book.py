@@ -60,6 +60,13 @@ def test_chapter_pages_have_figures(built_html):
         assert "Traceback (most recent call last)" not in html, f"{page} shows a traceback"
 
 
+def test_chapter_pages_have_the_live_code_button(built_html):
+    """Every chapter, and only pages with code cells, gets the button of book/_ext/live_code.py."""
+    for page in page_paths():
+        has_button = '<button class="thebe-launch-button live-code-button"' in (built_html / page).read_text()
+        assert has_button == page.startswith("notebooks/"), f"{page}: live-code button {has_button}"
+
+
 class _LinkParser(html.parser.HTMLParser):
     """Collect the ids of a page and the targets of its links and images."""
 

@@ -3,6 +3,7 @@
 Usage:
     python tools/course.py build [--out _build/course] [--source course/source]
     python tools/course.py grade SUBMISSIONS --out scores.csv [--timeout 60] [--source course/source]
+    python tools/course.py slides [NOTEBOOK ...] [--out _build/slides] [--no-execute]
 
 One source, two editions. `build` writes
     student/assignments/<id>/<id>.ipynb   nbgrader's release: solutions replaced by stubs, hidden tests removed
@@ -21,7 +22,10 @@ cell gets at most --timeout seconds, so a notebook that raises or loops forever 
 writes one CSV row per (student, assignment): score, max_score, status, the points of every graded
 cell and the errors the notebook raised. A missing or malformed notebook is a row, not a crash.
 
-Both commands drive nbgrader 0.9 through its Python API (nbgrader.apps.api.NbGraderAPI:
+`slides` writes a reveal.js deck of every chapter notebook, without the exercises' solutions, into
+_build/slides/<stem>.slides.html (tools/slides.py explains how, and where the outputs come from).
+
+`build` and `grade` drive nbgrader 0.9 through its Python API (nbgrader.apps.api.NbGraderAPI:
 generate_assignment, autograde), configured by course/nbgrader_config.py, and read the scores from
 its Gradebook (nbgrader.api.Gradebook).
 """
@@ -59,9 +63,9 @@ ID = re.compile(r"[A-Za-z0-9_.@-]+")  # student and assignment ids: nbgrader use
 SKIP = shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__")
 
 
-def _quizzes() -> ModuleType:
-    """tools/quizzes.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("quizzes", Path(__file__).with_name("quizzes.py"))
+def _module(name: str) -> ModuleType:
+    """tools/<name>.py as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -153,7 +157,7 @@ def check_student_file(path: Path) -> None:
 
 def _write_editions(student: Path, instructor: Path, source: Path, ids: list[str], quiz_list: list[dict]) -> None:
     """Write both editions: assignments, chapters, quizzes, nbgrader's config and the instructor README."""
-    quizzes = _quizzes()
+    quizzes = _module("quizzes")
     with tempfile.TemporaryDirectory(prefix="course-build-") as tmp:
         released = release(source, ids, Path(tmp))
         for aid in ids:
@@ -181,7 +185,7 @@ def build(out: Path, source: Path, source_required: bool = True) -> list[Path]:
         ids = []
     else:
         ids = assignment_ids(source)
-    quizzes = _quizzes()
+    quizzes = _module("quizzes")
     quiz_list = [quizzes.load_quiz(path) for path in quizzes.quiz_files(COURSE / "quizzes")]
     for quiz in quiz_list:
         quizzes.validate(quiz)
@@ -326,7 +330,7 @@ def grade(submissions: Path, out: Path, timeout: int, source: Path) -> list[dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: `build [--out DIR]` or `grade SUBMISSIONS --out CSV [--timeout S]`; 2 on bad input."""
+    """Command line: `build`, `grade SUBMISSIONS --out CSV` or `slides [NOTEBOOK ...]`; 2 on bad input."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     build_cmd = sub.add_parser("build", help="write the student and instructor editions")
@@ -337,6 +341,15 @@ def main(argv: list[str] | None = None) -> int:
     grade_cmd.add_argument("--out", type=Path, required=True, help="the CSV file to write")
     grade_cmd.add_argument("--timeout", type=int, default=60, help="seconds per cell (default 60)")
     grade_cmd.add_argument("--source", type=Path, help="the source assignments (default course/source)")
+    slides_cmd = sub.add_parser("slides", help="write a reveal.js deck of every chapter into _build/slides")
+    slides_cmd.add_argument("notebooks", type=Path, nargs="*", help="the notebooks (default: all of notebooks/)")
+    slides_cmd.add_argument("--out", type=Path, default=ROOT / "_build" / "slides")
+    slides_cmd.add_argument(
+        "--cache", type=Path, default=ROOT / "_build" / ".jupyter_cache", help="the book build's cache of outputs"
+    )
+    slides_cmd.add_argument(
+        "--no-execute", action="store_true", help="do not run notebooks the cache lacks: decks without their outputs"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
@@ -348,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"built the student and instructor editions in {args.out} ({len(files)} files) "
                 f"in {time.perf_counter() - start:.1f} s"
             )
+        elif args.command == "slides":
+            decks = _module("slides").build(args.out, args.notebooks, args.cache, execute=not args.no_execute)
+            print(f"wrote {len(decks)} decks into {args.out} in {time.perf_counter() - start:.1f} s")
         else:
             rows = grade(args.submissions, args.out, args.timeout, args.source or DEFAULT_SOURCE)
             print(
