@@ -101,7 +101,11 @@ def test_build_writes_both_editions(built):
     for path in CHAPTERS:
         assert (student / "chapters" / path.name).is_file() and (instructor / "chapters" / path.name).is_file()
     for stem in QUIZ_STEMS:
-        assert (student / "quizzes" / f"{stem}.md").is_file() and (instructor / "quizzes" / f"{stem}.md").is_file()
+        for edition in (student, instructor):
+            assert (edition / "quizzes" / f"{stem}.md").is_file() and (edition / "quizzes" / f"{stem}.html").is_file()
+    for edition in (student, instructor):
+        index = (edition / "quizzes" / "index.html").read_text(encoding="utf-8")
+        assert all(f'href="{stem}.html"' in index for stem in QUIZ_STEMS)
     assert (instructor / "nbgrader_config.py").read_text() == (ROOT / "course" / "nbgrader_config.py").read_text()
     assert "nbgrader autograde" in (instructor / "README.md").read_text()
     assert not (student / "source").exists() and not (student / "nbgrader_config.py").exists()
@@ -158,6 +162,59 @@ def test_quizzes_have_answers_only_in_the_instructor_edition(built):
         n_questions = instructor.count("## Question ")
         assert n_questions >= 10 and student.count("## Question ") == n_questions
         assert "**Answer:**" not in student and instructor.count("**Answer:**") == n_questions
+        student_html = (out / "student" / "quizzes" / f"{stem}.html").read_text()
+        instructor_html = (out / "instructor" / "quizzes" / f"{stem}.html").read_text()
+        assert "Answer" not in student_html and instructor_html.count("<strong>Answer:</strong>") == n_questions
+        assert 'class="key"' not in student_html and instructor_html.count('<div class="key">') == n_questions
+
+
+def test_objectives_command_writes_the_chapters_objectives(tmp_path, capsys):
+    chapters = CHAPTERS[:2]
+    out = tmp_path / "objectives.md"
+    assert course.main(["objectives", *map(str, chapters), "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    for path in chapters:
+        title = nbformat.read(path, as_version=4).cells[0].source.splitlines()[0].removeprefix("# ")
+        assert f"### {title}\n\nAfter this chapter a student can:\n\n- **" in text
+    assert len(re.findall(r"^- \*\*[a-z-]+\*\*", text, re.M)) >= 5 * len(chapters)
+    assert capsys.readouterr().out == f"wrote {out}\n"
+
+
+def test_objectives_command_refuses_a_chapter_without_them(tmp_path, capsys):
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("# Chapter 1: Tiny"),
+            nbformat.v4.new_markdown_cell("## What you will learn\n\nMuch."),
+        ]
+    )
+    nbformat.write(nb, tmp_path / "01_tiny.ipynb")
+    out = tmp_path / "objectives.md"
+    assert course.main(["objectives", str(tmp_path / "01_tiny.ipynb"), "--out", str(out)]) == 2
+    assert (
+        capsys.readouterr().err
+        == "error: 01_tiny.ipynb: 'What you will learn' does not start with the line 'After this chapter you can:'\n"
+    )
+    assert not out.exists()
+    nb.cells[1].source = (
+        "## What you will learn\n\nAfter this chapter you can:\n\n" + "- **derive** it;\n" * 4 + "- know it."
+    )
+    nbformat.write(nb, tmp_path / "01_tiny.ipynb")
+    assert course.main(["objectives", str(tmp_path / "01_tiny.ipynb"), "--out", str(out)]) == 2
+    assert "01_tiny.ipynb: an objective that does not start with a bold verb: '- know it.'" in capsys.readouterr().err
+
+
+def test_teachers_guide_names_an_assignment_and_a_quiz_every_week():
+    """Each week of the syllabus has an nbgrader assignment and a quiz of a chapter, and each one is given."""
+    guide = (ROOT / "book" / "teachers_guide.md").read_text(encoding="utf-8")
+    header = "| Week | Autograded assignment (nbgrader id) | Quiz |"
+    assert header in guide
+    table = guide.split(header, 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| `(\w+)`[^|]* \| `(\w+)`[^|]* \|$", table, re.M)
+    assert [int(week) for week, _, _ in rows] == list(range(1, 15)), table
+    stems = {path.stem for path in CHAPTERS}
+    assert {aid for _, aid, _ in rows} | {quiz for _, _, quiz in rows} <= stems
+    assert set(COURSE_IDS) <= {aid for _, aid, _ in rows}, "an assignment the syllabus never gives"
+    assert set(QUIZ_STEMS) <= {quiz for _, _, quiz in rows}, "a quiz the syllabus never gives"
 
 
 def test_strip_solutions_refuses_a_block_it_cannot_remove_whole():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -143,3 +144,35 @@ def test_no_control_characters_in_prose(path):
         {repr(text[max(0, m.start() - 20) : m.end() + 10]) for m in re.finditer(r"[\t\x07\x08\x0b\x0c\r]", text)}
     )
     assert not found, f"{path.name} holds control characters: {found}"
+
+
+OBJECTIVE = re.compile(r"- \*\*[a-z][a-z-]*\*\*[ ,]")  # "- **derive** the ...": a bold verb a teacher can test
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_learning_objectives_start_with_a_testable_verb(path):
+    """'## What you will learn' says 'After this chapter you can:', then five or more objectives, each a bold verb."""
+    cells = [c for c in load(path)["cells"] if c["cell_type"] == "markdown"]
+    found = [
+        m
+        for c in cells
+        if (m := re.search(r"^## What you will learn\s*\n(.*?)(?=^#|\Z)", "".join(c["source"]), re.M | re.S))
+    ]
+    assert len(found) == 1, f"{path.name}: {len(found)} '## What you will learn' sections"
+    lines = found[0].group(1).strip().splitlines()
+    assert lines and lines[0] == "After this chapter you can:", f"{path.name}: no line 'After this chapter you can:'"
+    items = [line for line in lines[1:] if line.startswith("- ")]
+    assert len(items) >= 5, f"{path.name}: {len(items)} objectives, at least 5 expected"
+    vague = [item[:50] for item in items if not OBJECTIVE.match(item)]
+    assert not vague, f"{path.name}: objectives that do not start with '- **verb**': {vague}"
+
+
+def test_teachers_guide_objectives_are_regenerated():
+    """book/_generated/objectives.md is what `python tools/course.py objectives` writes from the notebooks now."""
+    spec = importlib.util.spec_from_file_location("objectives", ROOT / "tools" / "objectives.py")
+    objectives = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(objectives)
+    committed = (ROOT / "book" / "_generated" / "objectives.md").read_text(encoding="utf-8")
+    assert committed == objectives.render(NOTEBOOKS), "the objectives changed: run python tools/course.py objectives"
+    guide = (ROOT / "book" / "teachers_guide.md").read_text(encoding="utf-8")
+    assert "## Learning objectives" in guide and "```{include} _generated/objectives.md" in guide

@@ -2,7 +2,9 @@
 
 Every file validates; every chapter has at least ten questions of both kinds; every numeric answer
 equals its `compute` expression; the student page hides answers and explanations while the
-instructor page shows them all; every notebook has a quiz and every quiz a notebook.
+instructor page shows them all, in Markdown and in HTML; every notebook has a quiz and every quiz a
+notebook. One browser test opens an instructor HTML page in headless Chromium: MathJax, copied
+beside the page, typesets every formula and nothing is requested from another host.
 """
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
+from browser import Chromium, find_chromium, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIZ_DIR = ROOT / "course" / "quizzes"
@@ -58,22 +64,48 @@ def test_correct_choice_positions_vary(stem):
     assert max(answers.count(i) for i in set(answers)) <= len(answers) / 2, f"{stem}: {answers}"
 
 
+def assert_answers_only_for_instructor(quiz: dict, student: str, instructor: str, part, answer: str) -> None:
+    """The leak checks of one quiz's two pages; `part` turns a Markdown field into the page's text of it."""
+    n = len(quiz["questions"])
+    assert "Answer" not in student
+    for q in quiz["questions"]:
+        assert part(q["question"]) in student and part(q["question"]) in instructor, q["id"]
+        for choice in q.get("choices", []):
+            assert part(choice) in student, q["id"]
+        assert part(q["explanation"]) not in student, q["id"]
+        assert part(q["explanation"]) in instructor, q["id"]
+        if q["type"] == "numeric":
+            compute = part(f"`{q['compute']}`")
+            assert compute not in student and compute in instructor, q["id"]
+    assert instructor.count(answer) == n
+    headings = re.compile(r"Question \d+ \((multiple choice|numeric)\)")
+    assert len(headings.findall(student)) == len(headings.findall(instructor)) == n
+
+
+def html_part(markdown: str) -> str:
+    """The HTML of a Markdown field inside a quiz page (without the paragraph around it)."""
+    return quizzes.markdown_html(markdown.strip()).strip().removeprefix("<p>").removesuffix("</p>")
+
+
 @pytest.mark.parametrize("stem", sorted(QUIZZES))
 def test_student_page_hides_answers_instructor_page_shows_them(stem):
     quiz = QUIZZES[stem]
     student = quizzes.render_markdown(quiz, answers=False)
     instructor = quizzes.render_markdown(quiz, answers=True)
-    assert "Answer" not in student
-    for q in quiz["questions"]:
-        assert q["question"].strip() in student and q["question"].strip() in instructor
-        for choice in q.get("choices", []):
-            assert choice.strip() in student
-        assert q["explanation"].strip() not in student, q["id"]
-        assert q["explanation"].strip() in instructor, q["id"]
-        if q["type"] == "numeric":
-            assert f"`{q['compute']}`" not in student and f"`{q['compute']}`" in instructor, q["id"]
-    assert instructor.count("**Answer:**") == len(quiz["questions"])
+    assert_answers_only_for_instructor(quiz, student, instructor, str.strip, "**Answer:**")
     assert student.count("## Question ") == instructor.count("## Question ") == len(quiz["questions"])
+
+
+@pytest.mark.parametrize("stem", sorted(QUIZZES))
+def test_student_html_hides_answers_instructor_html_shows_them(stem):
+    quiz = QUIZZES[stem]
+    student = quizzes.render_html(quiz, answers=False)
+    instructor = quizzes.render_html(quiz, answers=True)
+    assert_answers_only_for_instructor(quiz, student, instructor, html_part, "<strong>Answer:</strong>")
+    n = len(quiz["questions"])
+    assert student.count('<section class="question"') == instructor.count('<section class="question"') == n
+    assert student.count('<div class="key">') == 0 and instructor.count('<div class="key">') == n
+    assert "$" not in re.sub(r"<code>.*?</code>", "", instructor, flags=re.S)  # every $...$ became MathJax's \( \)
 
 
 def test_instructor_page_names_the_right_option():
@@ -196,3 +228,64 @@ def test_command_line_reports_an_invalid_file(tmp_path, capsys):
     )
     assert quizzes.main(["validate", str(tmp_path)]) == 1
     assert "01_language_models.yml, question 01-q02" in capsys.readouterr().err
+
+
+def test_command_line_writes_html_pages_with_mathjax_beside_them(tmp_path):
+    out = tmp_path / "teachers"
+    assert quizzes.main(["render", str(QUIZ_DIR), "--answers", "--html", "--out", str(out)]) == 0
+    pages = sorted(p for p in out.glob("*_answers.html") if p.name != "index_answers.html")
+    assert [p.name for p in pages] == [f"{stem}_answers.html" for stem in sorted(QUIZZES)]
+    mathjax = out / "_assets" / "mathjax" / "tex-chtml.js"
+    assert mathjax.is_file(), "MathJax is not vendored: run python tools/book.py vendor"
+    index = (out / "index_answers.html").read_text(encoding="utf-8")
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert f'href="{page.name}"' in index and 'href="index_answers.html"' in text
+        assert re.findall(r"""(?:src|href)=["'](https?://[^"']*)""", text) == [], f"{page.name} loads from another host"
+        assert "_assets/mathjax/tex-chtml.js" in text and "@media print" in text
+
+
+@pytest.fixture(scope="module")
+def browser():
+    binary = find_chromium()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is required in CI (.ci/run installs the Debian package 'chromium')")
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    with Chromium(binary) as chromium:
+        yield chromium
+
+
+# the page's text outside code and typeset math: no TeX may be left in it
+TEXT_JS = r"""
+(() => {
+  const copy = document.body.cloneNode(true);
+  copy.querySelectorAll('pre, code, script, style, mjx-container').forEach((e) => e.remove());
+  return copy.textContent;
+})()
+"""
+
+
+def test_instructor_page_renders_its_math_offline(tmp_path, browser):
+    """The quiz with the most math, in headless Chromium: MathJax from beside the page, no request off 127.0.0.1."""
+    stem = max(QUIZZES, key=lambda s: (QUIZ_DIR / f"{s}.yml").read_text(encoding="utf-8").count("$"))
+    (page_path,) = quizzes.write_html([QUIZZES[stem]], tmp_path, answers=True)
+    n_math = page_path.read_text(encoding="utf-8").count('class="math ')
+    assert n_math > 10
+    with serve(tmp_path) as base, browser.page(f"{base}/{page_path.name}", settle_s=0.5, timeout_s=20) as page:
+        page.wait_for("!!(window.MathJax && MathJax.startup && MathJax.startup.promise)", 15)
+        page.evaluate("MathJax.startup.promise.then(() => true)")
+        assert page.evaluate("document.querySelectorAll('mjx-container').length") == n_math
+        assert page.evaluate("document.querySelectorAll('mjx-merror').length") == 0
+        text = page.evaluate(TEXT_JS)
+        assert "Answer:" in text and "Explanation." in text
+        assert "$" not in text and not re.search(r"\\[()\[\]]|\\(frac|sqrt|cdot|operatorname|mathrm)\b", text), text
+        host = f"127.0.0.1:{base.rsplit(':', 1)[1]}"
+        outside = [u for u in page.report.requests if u.startswith("http") and u.split("/")[2] != host]
+        assert outside == [], f"the page requested resources off this machine: {outside}"
+        missing = [
+            u for u in page.report.requests if u.startswith(base) and not (tmp_path / urlparse(u).path[1:]).is_file()
+        ]
+        assert missing == [], f"the page requested files that are not beside it: {missing}"
+        assert any(u.endswith(".woff") for u in page.report.requests)  # MathJax's fonts, from the copy
+        assert page.report.console_errors == [] and page.report.failed_requests == []

@@ -4,14 +4,17 @@ Usage:
     python tools/course.py build [--out _build/course] [--source course/source]
     python tools/course.py grade SUBMISSIONS --out scores.csv [--timeout 60] [--source course/source]
     python tools/course.py slides [NOTEBOOK ...] [--out _build/slides] [--no-execute]
+    python tools/course.py objectives [NOTEBOOK ...] [--out book/_generated/objectives.md]
 
 One source, two editions. `build` writes
     student/assignments/<id>/<id>.ipynb   nbgrader's release: solutions replaced by stubs, hidden tests removed
     student/chapters/<stem>.ipynb         the chapter notebooks without their <details> "Solution" blocks
     student/quizzes/<stem>.md             the quizzes without answers
+    student/quizzes/<stem>.html           the same, rendered for printing (tools/quizzes.py), and index.html
     instructor/source/<id>/<id>.ipynb     the assignments with solutions and hidden tests (an nbgrader course)
     instructor/chapters/<stem>.ipynb      the chapter notebooks unchanged
     instructor/quizzes/<stem>.md          the quizzes with answers and explanations
+    instructor/quizzes/<stem>.html        the same, rendered for printing, and index.html
     instructor/nbgrader_config.py, instructor/README.md   how to release, collect and grade
 and, if a solution or hidden-test marker reaches the student edition, stops with an error and
 removes both editions.
@@ -24,6 +27,9 @@ cell and the errors the notebook raised. A missing or malformed notebook is a ro
 
 `slides` writes a reveal.js deck of every chapter notebook, without the exercises' solutions, into
 _build/slides/<stem>.slides.html (tools/slides.py explains how, and where the outputs come from).
+
+`objectives` collects every chapter's learning objectives ("After this chapter you can:" and a list
+of bold verbs) into book/_generated/objectives.md, which the teacher's guide includes (tools/objectives.py).
 
 `build` and `grade` drive nbgrader 0.9 through its Python API (nbgrader.apps.api.NbGraderAPI:
 generate_assignment, autograde), configured by course/nbgrader_config.py, and read the scores from
@@ -174,6 +180,7 @@ def _write_editions(student: Path, instructor: Path, source: Path, ids: list[str
         for quiz in quiz_list:
             page = quizzes.render_markdown(quiz, answers=answers)
             (edition / "quizzes" / f"{quiz['chapter']}.md").write_text(page, encoding="utf-8")
+        quizzes.write_html(quiz_list, edition / "quizzes", answers=answers)
     shutil.copy2(COURSE / "nbgrader_config.py", instructor / "nbgrader_config.py")
     shutil.copy2(COURSE / "README.md", instructor / "README.md")
 
@@ -330,7 +337,7 @@ def grade(submissions: Path, out: Path, timeout: int, source: Path) -> list[dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: `build`, `grade SUBMISSIONS --out CSV` or `slides [NOTEBOOK ...]`; 2 on bad input."""
+    """Command line: `build`, `grade SUBMISSIONS --out CSV`, `slides [NOTEBOOK ...]` or `objectives`; 2 on bad input."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     build_cmd = sub.add_parser("build", help="write the student and instructor editions")
@@ -350,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     slides_cmd.add_argument(
         "--no-execute", action="store_true", help="do not run notebooks the cache lacks: decks without their outputs"
     )
+    objectives_cmd = sub.add_parser("objectives", help="write every chapter's learning objectives for the guide")
+    objectives_cmd.add_argument("notebooks", type=Path, nargs="*", help="the notebooks (default: all of notebooks/)")
+    objectives_cmd.add_argument("--out", type=Path, default=ROOT / "book" / "_generated" / "objectives.md")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
@@ -361,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"built the student and instructor editions in {args.out} ({len(files)} files) "
                 f"in {time.perf_counter() - start:.1f} s"
             )
+        elif args.command == "objectives":
+            path = _module("objectives").write(args.out, args.notebooks)
+            print(f"wrote {path}")
         elif args.command == "slides":
             decks = _module("slides").build(args.out, args.notebooks, args.cache, execute=not args.no_execute)
             print(f"wrote {len(decks)} decks into {args.out} in {time.perf_counter() - start:.1f} s")

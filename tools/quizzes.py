@@ -4,6 +4,7 @@ Usage:
     python tools/quizzes.py validate course/quizzes              # check every file; exit 1 on the first error
     python tools/quizzes.py render course/quizzes --out DIR      # student pages: questions only
     python tools/quizzes.py render course/quizzes --answers --out DIR   # instructor pages
+    python tools/quizzes.py render course/quizzes [--answers] --html --out DIR   # the same as printable HTML
 
 One YAML file per chapter, named after the chapter's notebook (01_language_models.yml), holds
 `chapter`, `title` and a list of `questions`. A question is either
@@ -17,13 +18,21 @@ A numeric answer cannot drift from its calculation: `compute` is evaluated with 
 few arithmetic built-ins in scope, and must satisfy |compute - answer| <= tolerance / 10, a tenth of
 what a student is allowed. Answers and explanations appear only in the instructor edition
 (render_markdown(quiz, answers=True)); the student edition has neither, nor the word "Answer".
+
+The HTML pages (render_html, write_html; `make course` writes both editions) are the same Markdown
+rendered by markdown-it-py, one <section> per question that does not break across printed pages,
+with the math typeset by MathJax from a copy beside the pages (vendored from npm by
+`tools/book.py vendor`, so they need no network) and a print style sheet.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
+import importlib.util
 import math
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -162,39 +171,168 @@ def _format_number(x: float) -> str:
     return f"{x:.6g}"
 
 
-def render_markdown(quiz: dict, answers: bool) -> str:
-    """A printable quiz page in Markdown; answers and explanations only when answers=True."""
+def _summary(quiz: dict, answers: bool) -> str:
+    """'Student edition: 12 questions, 6 multiple choice and 6 numeric.' (or the instructor edition's)."""
     questions = quiz["questions"]
     n_choice = sum(q["type"] == "choice" for q in questions)
     edition = "Instructor edition, with answers" if answers else "Student edition"
-    lines = [
-        f"# {quiz['title']} (quiz)",
-        "",
-        f"*{edition}: {len(questions)} questions, {n_choice} multiple choice and {len(questions) - n_choice} numeric.*",
-        "",
-    ]
-    for number, q in enumerate(questions, start=1):
-        kind = "multiple choice" if q["type"] == "choice" else "numeric"
-        lines += [f"## Question {number} ({kind})", ""]
+    return f"{edition}: {len(questions)} questions, {n_choice} multiple choice and {len(questions) - n_choice} numeric."
+
+
+def _question_markdown(q: dict, number: int, answers: bool) -> tuple[list[str], list[str]]:
+    """The Markdown lines of one question: (what every edition shows, the key: answer and explanation)."""
+    kind = "multiple choice" if q["type"] == "choice" else "numeric"
+    body = [f"## Question {number} ({kind})", ""]
+    if answers:
+        body += [f"*{q['id']}; objective: {q['objective'].strip()}*", ""]
+    body += [q["question"].strip(), ""]
+    key = []
+    if q["type"] == "choice":
+        body += [f"- **{LETTERS[i]}.** {choice.strip()}" for i, choice in enumerate(q["choices"])]
+        body.append("")
         if answers:
-            lines += [f"*{q['id']}; objective: {q['objective'].strip()}*", ""]
-        lines += [q["question"].strip(), ""]
-        if q["type"] == "choice":
-            lines += [f"- **{LETTERS[i]}.** {choice.strip()}" for i, choice in enumerate(q["choices"])]
-            lines.append("")
-            if answers:
-                lines += [f"**Answer:** {LETTERS[q['answer']]}. {q['choices'][q['answer']].strip()}", ""]
-        elif answers:
-            lines += [
-                f"**Answer:** {_format_number(q['answer'])} (accept within ± {_format_number(q['tolerance'])}; "
-                f"computed as `{q['compute']}`)",
-                "",
-            ]
-        else:
-            lines += ["Result: ____________________", ""]
-        if answers:
-            lines += [f"**Explanation.** {q['explanation'].strip()}", ""]
+            key += [f"**Answer:** {LETTERS[q['answer']]}. {q['choices'][q['answer']].strip()}", ""]
+    elif answers:
+        key += [
+            f"**Answer:** {_format_number(q['answer'])} (accept within ± {_format_number(q['tolerance'])}; "
+            f"computed as `{q['compute']}`)",
+            "",
+        ]
+    else:
+        body += ["Result: ____________________", ""]
+    if answers:
+        key += [f"**Explanation.** {q['explanation'].strip()}", ""]
+    return body, key
+
+
+def render_markdown(quiz: dict, answers: bool) -> str:
+    """A printable quiz page in Markdown; answers and explanations only when answers=True."""
+    lines = [f"# {quiz['title']} (quiz)", "", f"*{_summary(quiz, answers)}*", ""]
+    for number, q in enumerate(quiz["questions"], start=1):
+        body, key = _question_markdown(q, number, answers)
+        lines += body + key
     return "\n".join(lines)
+
+
+MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax@3.2.2/es5/tex-chtml.js"
+# what tex-chtml.js loads from its own folder: the TeX input's extensions, the CHTML fonts, the menu's
+# accessibility parts (a third of the whole package, whose other entry points the pages do not use)
+MATHJAX_PARTS = ("tex-chtml.js", "input", "output/chtml", "a11y", "sre", "ui", "adaptors")
+PAGE_CSS = """
+body { font: 17px/1.5 Georgia, "Times New Roman", serif; color: #111; max-width: 46rem; margin: 2rem auto;
+       padding: 0 1rem; }
+h1 { font-size: 1.6rem; margin-bottom: 0.2rem; }
+h2 { font-size: 1.1rem; margin: 0 0 0.4rem; }
+.edition { font-style: italic; margin-top: 0; }
+.student-name { margin: 1.2rem 0; }
+.question { border-top: 1px solid #999; padding: 0.8rem 0 0.4rem; break-inside: avoid; page-break-inside: avoid; }
+.question ul { list-style: none; padding-left: 1.2rem; }
+.question li { margin: 0.25rem 0; }
+.key { border-left: 4px solid #2a6; background: #eef8f1; padding: 0.1rem 0.8rem; margin: 0.6rem 0; }
+code { font-size: 0.9em; }
+nav { font-family: sans-serif; font-size: 0.9rem; }
+@page { margin: 1.8cm 1.6cm; }
+@media print {
+  body { font-size: 11pt; max-width: none; margin: 0; padding: 0; }
+  nav { display: none; }
+  a { color: inherit; text-decoration: none; }
+  .key { background: none; border-left: 2px solid #000; }
+}
+"""
+# the pages write math as \( \) and \[ \]: a dollar sign in the text stays a dollar sign
+MATHJAX_CONFIG = "window.MathJax = {tex: {inlineMath: [['\\\\(', '\\\\)']], displayMath: [['\\\\[', '\\\\]']]}};"
+
+
+def _markdown():
+    """A CommonMark renderer whose $...$ and $$...$$ come out as MathJax's \\( \\) and \\[ \\], escaped."""
+    from markdown_it import MarkdownIt
+    from mdit_py_plugins.dollarmath import dollarmath_plugin
+
+    def math(content: str, options: dict) -> str:
+        left, right = ("\\[", "\\]") if options["display_mode"] else ("\\(", "\\)")
+        return html.escape(f"{left}{content.strip()}{right}", quote=False)
+
+    return MarkdownIt("commonmark").enable("table").use(dollarmath_plugin, renderer=math)
+
+
+def markdown_html(text: str) -> str:
+    """Markdown with math as the quiz pages render it (for the pages, and for tests that look for a part)."""
+    return _markdown().render(text)
+
+
+def _page(title: str, body: str, mathjax_url: str, home: str | None) -> str:
+    """A standalone HTML page with the print style sheet and MathJax."""
+    nav = f'<nav><a href="{home}">All quizzes</a></nav>\n' if home else ""
+    return (
+        '<!DOCTYPE html>\n<html lang="en-GB">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f'<title>{html.escape(title)}</title>\n<link rel="icon" href="data:,">\n'
+        f"<style>{PAGE_CSS}</style>\n<script>{MATHJAX_CONFIG}</script>\n"
+        f'<script defer src="{html.escape(mathjax_url)}"></script>\n</head>\n<body>\n{nav}{body}</body>\n</html>\n'
+    )
+
+
+def render_html(quiz: dict, answers: bool, mathjax_url: str = MATHJAX_CDN, home: str | None = None) -> str:
+    """A printable quiz page in HTML, math typeset by MathJax; answers and explanations only when answers=True."""
+    md = _markdown()
+    parts = [
+        f"<header>\n<h1>{html.escape(quiz['title'])} (quiz)</h1>\n",
+        f'<p class="edition">{html.escape(_summary(quiz, answers))}</p>\n',
+        "" if answers else '<p class="student-name">Name: ______________________ Date: ____________</p>\n',
+        "</header>\n",
+    ]
+    for number, q in enumerate(quiz["questions"], start=1):
+        body, key = _question_markdown(q, number, answers)
+        parts.append(f'<section class="question" id="{html.escape(q["id"])}">\n{md.render(chr(10).join(body))}')
+        if key:
+            parts.append(f'<div class="key">\n{md.render(chr(10).join(key))}</div>\n')
+        parts.append("</section>\n")
+    return _page(f"{quiz['title']} (quiz)", "".join(parts), mathjax_url, home)
+
+
+def index_html(pages: list[tuple[str, dict]], answers: bool, mathjax_url: str) -> str:
+    """The page that links every quiz page: (file name, quiz) pairs."""
+    edition = "instructor edition, with answers" if answers else "student edition"
+    items = "\n".join(
+        f'<li><a href="{html.escape(name)}">{html.escape(quiz["title"])}</a> ({len(quiz["questions"])} questions)</li>'
+        for name, quiz in pages
+    )
+    body = f'<h1>LLM Principles: quizzes</h1>\n<p class="edition">The {edition}.</p>\n<ul>\n{items}\n</ul>\n'
+    return _page(f"LLM Principles: quizzes ({edition})", body, mathjax_url, None)
+
+
+def mathjax(out: Path) -> str:
+    """Copy the vendored MathJax into `out`/_assets/mathjax (vendoring it first); return the pages' URL of it."""
+    spec = importlib.util.spec_from_file_location("book", Path(__file__).with_name("book.py"))
+    book = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(book)
+    book.vendor(quiet=True)
+    source, target = book.STATIC / "mathjax", out / "_assets" / "mathjax"
+    if not (source / "tex-chtml.js").is_file():
+        notice = f"NOTICE: MathJax is not vendored (npm missing?): the quiz pages load it from {MATHJAX_CDN}"
+        print(notice, file=sys.stderr)
+        return MATHJAX_CDN
+    for part in MATHJAX_PARTS:
+        if (source / part).is_dir():
+            shutil.copytree(source / part, target / part, dirs_exist_ok=True)
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / part, target / part)
+    return "_assets/mathjax/tex-chtml.js"
+
+
+def write_html(quizzes: list[dict], out: Path, answers: bool, suffix: str = "") -> list[Path]:
+    """Write <chapter><suffix>.html for every quiz, index<suffix>.html and MathJax into `out`; return the pages."""
+    out.mkdir(parents=True, exist_ok=True)
+    url = mathjax(out)
+    index = f"index{suffix}.html"
+    pages = []
+    for quiz in quizzes:
+        path = out / f"{quiz['chapter']}{suffix}.html"
+        path.write_text(render_html(quiz, answers, url, home=index), encoding="utf-8")
+        pages.append(path)
+    (out / index).write_text(index_html([(p.name, q) for p, q in zip(pages, quizzes)], answers, url), encoding="utf-8")
+    return pages
 
 
 def quiz_files(folder: str | Path) -> list[Path]:
@@ -206,7 +344,7 @@ def quiz_files(folder: str | Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: `validate FOLDER` or `render FOLDER [--answers] --out DIR`."""
+    """Command line: `validate FOLDER` or `render FOLDER [--answers] [--html] --out DIR`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("validate", help="check every quiz file of a folder")
@@ -214,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     render = sub.add_parser("render", help="write one Markdown page per chapter")
     render.add_argument("folder", type=Path)
     render.add_argument("--answers", action="store_true", help="the instructor edition, with answers")
-    render.add_argument("--out", type=Path, required=True, help="the folder for the .md pages")
+    render.add_argument("--out", type=Path, required=True, help="the folder for the pages")
+    render.add_argument("--html", action="store_true", help="HTML pages with MathJax and an index, for printing")
     args = parser.parse_args(argv)
     try:
         quizzes = [load_quiz(path) for path in quiz_files(args.folder)]
@@ -229,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "_answers" if args.answers else ""
+    if args.html:
+        for path in write_html(quizzes, args.out, answers=args.answers, suffix=suffix):
+            print(f"wrote {path}")
+        return 0
     for quiz in quizzes:
         target = args.out / f"{quiz['chapter']}{suffix}.md"
         target.write_text(render_markdown(quiz, answers=args.answers), encoding="utf-8")
