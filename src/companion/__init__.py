@@ -9,7 +9,7 @@ every chapter to its modules):
 * `companion.inference`   sampling with the KV cache, beam search               (chapters 5, 7, 9)
 * `companion.scaling`     counting parameters and FLOPs, scaling laws, fits     (chapters 5, 8)
 * `companion.posttraining` checkable tasks, the chat template, SFT, LoRA, DPO, GRPO (post-training)
-* `companion.analysis`    metrics, probes, interpretability, efficiency         (chapters 3, 9-10)
+* `companion.analysis`    metrics, probes, interpretability, efficiency         (chapters 3, 9, 11)
 * `companion.interop`     weights to and from Hugging Face `transformers`
 * `companion.experiments` the long runs whose committed JSON the chapters plot
 * `companion.threads`     how many CPU threads PyTorch uses on a shared machine (set on import)

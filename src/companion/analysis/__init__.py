@@ -1,6 +1,6 @@
-"""Measuring and looking inside models (chapters 3, 9-10).
+"""Measuring and looking inside models (chapters 3, 9, 11).
 
-* `metrics`        bits per character/byte, accuracy, F1, mean and standard error
+* `metrics`        bits per character/byte, accuracy, F1, mean and standard error, paired tests
 * `baselines`      bag-of-words logistic regression and the linear probe (L-BFGS)
 * `interpret`      attention patterns, the logit lens, association tests, memorisation
 * `induction`      a two-layer attention-only model trained to copy; its previous-token and induction heads
@@ -11,4 +11,5 @@
 * `distillation`   knowledge distillation of a student from a teacher
 * `energy`         GPU-hours, energy and CO2 of a training run
 * `plotting`       loss curves of a training run
+* `retrieval`      BM25 and dense retrieval, recall@k and MRR
 """

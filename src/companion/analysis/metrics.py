@@ -11,6 +11,14 @@ accuracy $= \frac1N \sum_i [\hat y_i = y_i]$; the confusion matrix $C_{ab}$ coun
 true class $a$ predicted as $b$; per class $c$, precision $P_c = C_{cc} / \sum_a C_{ac}$,
 recall $R_c = C_{cc} / \sum_b C_{cb}$ and $F1_c = 2 P_c R_c / (P_c + R_c)$; macro-F1 averages
 $F1_c$ over classes.
+
+Two systems scored on the *same* items are compared item by item. For right/wrong outcomes,
+McNemar's exact test looks only at the discordant items: $b$ that A gets right and B wrong, $c$ the
+reverse. If A and B were equally good, each discordant item would fall either way with probability
+1/2, so $\min(b, c)$ is binomial$(b + c, 1/2)$ and the two-sided p-value is
+$\min(1, 2 P[X \le \min(b, c)])$. For any per-item score (a reciprocal rank), the paired bootstrap
+resamples the items with replacement and reads a confidence interval of the mean difference off the
+resampled means.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
     "accuracy",
+    "binomial_se",
     "bits_per_byte",
     "bits_per_character",
     "check_labels",
@@ -30,8 +40,11 @@ __all__ = [
     "confusion_matrix",
     "f1_scores",
     "macro_f1",
+    "mcnemar_exact",
+    "mcnemar_p",
     "mean_se",
     "mean_std",
+    "paired_bootstrap",
 ]
 
 
@@ -138,3 +151,53 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
         raise ValueError("mean_se of an empty list is undefined")
     m, std = mean_std(values)
     return m, std / math.sqrt(len(values))
+
+
+def binomial_se(p: float, n: int) -> float:
+    """The standard error sqrt(p (1 - p) / n) of a proportion p measured on n independent items."""
+    if n < 1 or not 0.0 <= p <= 1.0:
+        raise ValueError(f"need n >= 1 and p in [0, 1], got p={p}, n={n}")
+    return math.sqrt(p * (1.0 - p) / n)
+
+
+def _paired(a: Sequence[Any], b: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Two equal-length, non-empty score lists as float64 arrays."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape or len(x) == 0:
+        raise ValueError(f"paired scores must be two non-empty lists of one length, got {x.shape} and {y.shape}")
+    return x, y
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts: min(1, 2 P[Binomial(b + c, 1/2) <= min(b, c)])."""
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
+    n = b + c
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n  # P[X <= min(b, c)], exact
+    return min(1.0, 2.0 * tail)
+
+
+def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict[str, float]:
+    """McNemar's exact test of two systems right/wrong on the same items: {"b", "c", "p"}.
+
+    b: the items only A gets right; c: the items only B gets right; p: `mcnemar_p(b, c)`.
+    """
+    x, y = _paired(a_correct, b_correct)
+    if not np.isin(x, (0.0, 1.0)).all() or not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("mcnemar_exact needs right/wrong outcomes (booleans or 0/1)")
+    b, c = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+    return {"b": b, "c": c, "p": mcnemar_p(b, c)}
+
+
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], n_boot: int = 10_000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """mean(a) - mean(b) over paired items and its percentile bootstrap interval: {"diff", "lo", "hi"}."""
+    x, y = _paired(a, b)
+    if n_boot < 1 or not 0.0 < level < 1.0:
+        raise ValueError(f"need n_boot >= 1 and 0 < level < 1, got {n_boot}, {level}")
+    d = x - y  # (n,) per-item differences
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))  # (n_boot, n) resampled items
+    means = d[idx].mean(axis=1)  # (n_boot,)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi)}

@@ -8,4 +8,5 @@
 * `ngram`           count-based n-gram language models: add-k and interpolated Kneser-Ney
 * `word_vectors`    skip-gram word vectors with negative sampling
 * `dates`           a generated translation task (dates written many ways -> ISO 8601)
+* `passages`        a retrieval benchmark: passages of Python's reference topics and questions about them
 """
