@@ -130,6 +130,7 @@ def _term_rules() -> list[dict]:
         assert rule["chinese"] in preferred, f"terms.yml: {rule['chinese']!r} is not part of {preferred!r}"
         assert not any(v in preferred for v in rule["rejected"]), f"terms.yml rejects the glossary's {preferred!r}"
         rule["pattern"] = re.compile(rule["match"], re.I)
+        rule["except"] = re.compile("|".join(map(re.escape, rule.get("except", []))) or "(?!)", re.I)
     return rules
 
 
@@ -149,14 +150,15 @@ def test_glossary_terms_are_used_and_rejected_variants_are_not(doc):
         for rule in rules:
             for variant in rule["rejected"]:
                 assert variant not in msgstr, f"{doc}: {variant!r} instead of {rule['chinese']!r}: {msgstr[:160]}"
-            if rule["pattern"].search(english):
+            uses = rule["pattern"].search(rule["except"].sub(" ", english))
+            if uses:
                 assert rule["chinese"] in msgstr, (
                     f"{doc}: {rule['english']!r} must be {rule['chinese']!r} (glossary):\n{msgid[:200]}\n{msgstr[:200]}"
                 )
             # the English term is given in parentheses by the first use in running text (not a heading or cell)
             if rule["pattern"].search(NOT_PROSE.sub(" ", msgstr)) or rule["chinese"] == rule["english"]:
                 introduced.add(rule["english"])
-            if rule["pattern"].search(english) and len(msgid) >= 150 and rule["english"] not in first_use_checked:
+            if uses and len(msgid) >= 150 and rule["english"] not in first_use_checked:
                 first_use_checked.add(rule["english"])
                 assert rule["english"] in introduced, (
                     f"{doc}: first use of {rule['chinese']!r} without the English term in parentheses: {msgstr[:200]}"
