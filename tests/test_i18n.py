@@ -211,11 +211,14 @@ def sites(tmp_path_factory) -> Path:
     _tool("book").vendor(quiet=True)
     english = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(ROOT)]
     english += ["--config", str(tmp / "_config.yml"), "--toc", str(toc), "--path-output", str(tmp)]
-    chinese = [sys.executable, str(ROOT / "tools" / "i18n.py"), "build", "--no-execute", "--toc", str(toc)]
-    chinese += ["--path-output", str(tmp)]
+    # not strict: a part of the book links to pages outside it; but no translation may break a reference
+    chinese = [sys.executable, str(ROOT / "tools" / "i18n.py"), "build", "--no-execute", "--no-strict"]
+    chinese += ["--toc", str(toc), "--path-output", str(tmp)]
     for cmd in (english, chinese):
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        log = result.stdout + result.stderr
+        assert result.returncode == 0, log[-4000:]
+        assert "inconsistent" not in log, [line for line in log.splitlines() if "inconsistent" in line][:5]
     return tmp / "_build" / "html"
 
 
@@ -275,7 +278,8 @@ def test_chinese_chapter_pages_render_maths_and_diagrams_and_read_as_chinese(sit
                 page.wait_for("document.querySelectorAll('mjx-container').length > 0", 60)
                 checks = json.loads(page.evaluate(PAGE_CHECKS_JS))
                 share = json.loads(page.evaluate(CJK_SHARE_JS))
-                page.screenshot(tmp_path / f"{Path(doc).name}.png")
+                # I18N_SCREENSHOTS=DIR keeps them (for a closing note); they need a CJK font (fonts-noto-cjk)
+                page.screenshot(Path(os.environ.get("I18N_SCREENSHOTS", tmp_path)) / f"{Path(doc).name}.zh.png")
             assert page.report.console_errors == [], f"{doc}: {page.report.console_errors}"
             assert checks["mathjax"] > 0 and checks["mathjax_errors"] == 0, f"{doc}: maths not rendered"
             assert checks["raw_display_math"] == 0 and checks["raw_tex_commands"] == 0, f"{doc}: raw TeX on the page"
@@ -288,5 +292,7 @@ def test_chinese_chapter_pages_render_maths_and_diagrams_and_read_as_chinese(sit
 @pytest.mark.book
 def test_chinese_search_index_is_segmented_with_jieba(sites):
     pytest.importorskip("jieba")
-    index = (sites / i18n.EDITION_PATH / "searchindex.js").read_text(encoding="utf-8")
-    assert "词元" in index or "语言模型" in index, "the Chinese search index holds no Chinese words"
+    text = (sites / i18n.EDITION_PATH / "searchindex.js").read_text(encoding="utf-8")
+    terms = json.loads(text[text.index("(") + 1 : text.rindex(")")])["terms"]
+    # Sphinx's Chinese splitter indexes Chinese words only when jieba is there to cut them
+    assert {"词元", "注意力", "困惑"} <= set(terms), "the Chinese search index lacks the book's words"

@@ -32,21 +32,25 @@ change to the English text) and `coverage`. tests/test_i18n.py checks the catalo
 
 Conventions (SYLLABUS, "Chinese edition conventions"). Natural technical 简体中文 in the register of
 d2l-zh, not word for word. One term, one translation: the first Chinese term of the glossary's 中文
-column (book/glossary.md), never a rejected variant (locales/zh_CN/terms.yml, checked by the tests),
-with the English term in parentheses at its first use in each document, e.g. 词元（token）.
+column (book/glossary.md), never a rejected variant (locales/zh_CN/terms.yml, checked by the tests:
+token is 词元, so "marker" is 标志 and never 标记; scaling law is 缩放定律, not 规模定律), with the English
+term in parentheses at its first use in running text in each document, e.g. 词元（token）.
 Maths, code spans, links, MyST roles ({cite:t}`key`, {doc}`faq`) and Markdown emphasis stay as they
-are; Chinese full-width punctuation （，。：；？！） in Chinese sentences, a space between Chinese and
-Latin words or numbers only where the English source has one. Paper references keep their English
-form (msgstr = msgid); the glossary table's English column is copied unchanged. In-page links keep
-the English anchors (`#12-a-language-model-...`): Sphinx gives sections the ids of the English titles.
+are (the tests compare them); Chinese full-width punctuation （，。：；？！“”） in Chinese sentences,
+and a space between Chinese and Latin words, numbers or maths. Paper references keep their English
+form (msgstr = msgid), as do the glossary table's English and 中文 columns. Mermaid labels may not
+contain a straight double quote. In-page links keep the English anchors (`#12-a-language-model-...`):
+Sphinx gives sections the ids of their English titles.
 
-Status (branch hE, issue 20 part 1): translated: book/preface, book/setup, the four part
-introductions, book/faq, the glossary's prose (not yet its table's definitions), Chapter 1
-(notebooks/01_language_models). Not yet: chapters 2-11, resources, speedrun, code_map, the teacher's
-guide, the glossary table, the Mermaid diagrams' labels (sphinxcontrib-mermaid nodes are not
-messages yet), the README's Chinese section, a Chinese-to-English glossary order, and turning the
-edition on in `make book` (set `language_editions` in _config.yml and build both by default) once
-`coverage` reports 100%. `python tools/i18n.py coverage` gives the current numbers.
+Status (branch hE, issue 20 part 1; `python tools/i18n.py coverage` gives the numbers). Translated:
+book/preface, book/setup, the four part introductions, book/faq, Chapter 1
+(notebooks/01_language_models), the glossary's prose and headers. Not yet: chapters 2-11, the
+glossary table's definitions and links, resources, speedrun, code_map, the teacher's guide,
+references (its one heading), the live-code button's status messages (book/_ext/live_code.py's
+script; its label is translated), the README's Chinese section, a Chinese-to-English glossary
+order, and turning the edition on in `make book` (set `language_editions` in _config.yml, build both
+by default, drop the xfail mark in tests/test_i18n.py, and move the browser checks of every Chinese
+page into tests/test_book.py's full build) once `coverage` reports 100%.
 """
 
 from __future__ import annotations
@@ -74,14 +78,20 @@ SUMMARY = re.compile(r"(<summary\b[^>]*>)([^<]*?\S[^<]*?)(</summary>)")
 MERMAID_LABEL = re.compile(r'"([^"\n]*)"')  # book/_ext/translation_messages.py: each label with words is a message
 
 
+def _config() -> dict:
+    """The book's _config.yml."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+
+
 def _sphinx(
     builder: str, outdir: Path, doctreedir: Path, overrides: dict, strict: bool, toc: Path | None = None
 ) -> int:
     """Run Sphinx on the book with Jupyter Book's configuration plus `overrides`; return its status."""
-    import yaml
     from jupyter_book.sphinx import build_sphinx
 
-    title = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))["title"]
+    title = _config()["title"]
     config = {"external_toc_path": str(toc or ROOT / "_toc.yml"), "latex_individualpages": False, "project": title}
     config.update(overrides)
     result = build_sphinx(
@@ -121,6 +131,8 @@ def build(path_output: Path | None = None, execute: bool = True, strict: bool = 
     }
     if not execute:
         overrides["nb_execution_mode"] = "off"
+    title = _config()["title"]  # the book's title, as the root page's catalogue translates it
+    overrides["html_title"] = load_catalogue(documents()[0]).get(title, title)
     html = build_dir / "html" / EDITION_PATH
     status = _sphinx("html", html, build_dir / ".doctrees-zh", overrides, strict, toc)
     if status == 0:
@@ -252,12 +264,11 @@ def fill(docname: str, text: str) -> int:
 
 def _markdown_parser():
     """MyST's own Markdown parser with the book's extensions: it cuts text into the messages Sphinx extracts."""
-    import yaml
     from markdown_it.renderer import RendererHTML
     from myst_parser.config.main import MdParserConfig
     from myst_parser.parsers.mdit import create_md_parser
 
-    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    config = _config()
     extensions = config.get("parse", {}).get("myst_enable_extensions", [])
     fences = config.get("sphinx", {}).get("config", {}).get("myst_fence_as_directive", [])
     return create_md_parser(

@@ -29,9 +29,16 @@ THEBE_CDN = f"https://unpkg.com/thebe@{THEBE_VERSION}/lib/index.js"
 LIVE_JSON = "_live_code.json"  # tools/book.py LIVE_JSON
 BUTTON = (
     '<button class="thebe-launch-button live-code-button" type="button" data-kernel="{kernel}" '
-    'data-path="{path}" onclick="initThebe()" title="Run and edit this chapter\'s code on a Jupyter server '
-    'on this computer (start it with: make live)">Live code: run the cells here</button>'
+    'data-path="{path}" onclick="initThebe()" title="{title}">{label}</button>'
 )
+# The button's label and tooltip in each edition of the book (Sphinx's `language`; tools/i18n.py)
+BUTTON_TEXT = {
+    "en": (
+        "Live code: run the cells here",
+        "Run and edit this chapter's code on a Jupyter server on this computer (start it with: make live)",
+    ),
+    "zh_CN": ("实时代码：在此运行代码单元", "在本机的 Jupyter 服务器上运行和编辑本章的代码（用 make live 启动服务器）"),
+}
 
 # The page script, as a string: the book commits no JavaScript files (tests/test_book.py checks).
 # __THEBE__ is the thebe bundle, relative to _static/ or absolute; __JSON__ the server's address file.
@@ -155,7 +162,8 @@ def _replace_thebe_config(app: Sphinx, doctree: nodes.document, docname: str) ->
     if isinstance(kernelspec, str):
         kernelspec = json.loads(kernelspec)
     source = Path(app.env.doc2path(docname, base=False)).as_posix()
-    html = BUTTON.format(kernel=kernelspec.get("name", "python3"), path=source)
+    label, title = BUTTON_TEXT.get(app.config.language or "en", BUTTON_TEXT["en"])
+    html = BUTTON.format(kernel=kernelspec.get("name", "python3"), path=source, label=label, title=title)
     section.insert(1, nodes.raw("", html, format="html"))
 
 
