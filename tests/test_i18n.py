@@ -165,6 +165,36 @@ def test_glossary_terms_are_used_and_rejected_variants_are_not(doc):
                 )
 
 
+def test_todo_and_fill_round_trip_through_a_catalogue(tmp_path, monkeypatch):
+    doc = "book/part3_scale"
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "part3_scale.po").write_bytes((i18n.CATALOGUES / f"{doc}.po").read_bytes())
+    monkeypatch.setattr(i18n, "CATALOGUES", tmp_path)
+    before = i18n.counts(doc)
+    msgid = _messages(doc)[0][0]  # a translated message: re-filled, it stays one message
+    text = f"==== en\n{msgid}\n==== zh\n新的译文\n" + i18n.todo(doc)
+    assert i18n.fill(doc, text) == 1 and _messages(doc)[0] == (msgid, "新的译文")
+    assert i18n.counts(doc).translated == before.translated
+    with pytest.raises(ValueError, match="not in"):
+        i18n.fill(doc, "==== en\nno such message\n==== zh\n没有\n")
+
+
+def test_language_switch_links_are_relative_to_the_page():
+    switcher = _extension("language_switcher")
+    links = switcher.edition_links(i18n.EDITIONS, "en", "notebooks/01_language_models.html")
+    assert links == [{"url": "../zh/notebooks/01_language_models.html", "label": "中文", "lang": "zh-CN"}]
+    links = switcher.edition_links(i18n.EDITIONS, "zh_CN", "search.html")
+    assert links == [{"url": "../search.html", "label": "English", "lang": "en"}]
+    assert switcher.edition_links(i18n.EDITIONS[:1], "en", "index.html") == []  # one edition: no switch
+
+
+def _extension(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "book" / "_ext" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _cjk_share(text: str) -> float:
     """Chinese characters over Chinese characters plus Latin letters."""
     cjk = len(CJK.findall(text))

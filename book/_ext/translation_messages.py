@@ -12,17 +12,22 @@ Only prose is translated; everything else is single-sourced, the same bytes in e
 - the label of a `<details>` block's `<summary>` (the exercises' "Solution") sits in raw HTML,
   which Sphinx cannot translate: a transform moves it into a node of its own that is a message;
 - a Mermaid diagram is code, but its quoted labels (`A["pre-training"] -->|"loss"| B`) are prose:
-  each label with words is a message, and its translation replaces it inside the diagram's code.
+  each label with words is a message, and its translation replaces it inside the diagram's code;
+- the captions of the table of contents' parts are messages of the root page, but sphinx-external-toc
+  inserts them after Sphinx has translated that page: a later transform translates them.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from docutils import nodes
 from sphinx import addnodes
 from sphinx.application import Sphinx
+from sphinx.locale import init as init_locale
 from sphinx.transforms import SphinxTransform
+from sphinx.util.i18n import docname_to_domain
 from sphinxcontrib.mermaid import mermaid as MermaidNode
 
 SUMMARY = re.compile(r"(?P<head>.*<summary\b[^>]*>)(?P<label>[^<]*?\S[^<]*?)(?P<tail></summary>.*)", re.S)
@@ -87,6 +92,25 @@ class SummaryLabels(SphinxTransform):
             raw.replace_self([head, label, tail])
 
 
+class TranslatedCaptions(SphinxTransform):
+    """Translate the captions of the toctrees that sphinx-external-toc inserted, from the page's catalogue."""
+
+    default_priority = 101  # after sphinx_external_toc's InsertToctrees (100)
+
+    def apply(self, **kwargs) -> None:
+        """Look every caption up in the page's catalogue, as sphinx.transforms.i18n.Locale does for the text."""
+        toctrees = [node for node in self.document.findall(addnodes.toctree) if node.get("caption")]
+        if not toctrees or not self.config.language or self.config.language == "en":
+            return
+        domain = docname_to_domain(self.env.docname, self.config.gettext_compact)
+        dirs = [str(Path(self.env.srcdir) / d) for d in self.config.locale_dirs]
+        catalog, found = init_locale(dirs, self.config.language, domain)
+        if not found:
+            return
+        for node in toctrees:
+            node["caption"] = node["rawcaption"] = catalog.gettext(node["caption"])
+
+
 def _no_messages_outside_prose(app: Sphinx, doctree: nodes.document) -> None:
     """Keep display maths and texts without prose out of the catalogues."""
     for node in doctree.findall(nodes.math_block):
@@ -100,5 +124,6 @@ def _no_messages_outside_prose(app: Sphinx, doctree: nodes.document) -> None:
 def setup(app: Sphinx) -> dict:
     """Register the transform and the filter."""
     app.add_transform(SummaryLabels)
+    app.add_transform(TranslatedCaptions)
     app.connect("doctree-read", _no_messages_outside_prose)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
