@@ -44,6 +44,20 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (tests/browser.py) for the browser checks: required in CI, skipped elsewhere if missing."""
+    from browser import Chromium, find_chromium  # tests/ is on sys.path once a test module imported it
+
+    binary = find_chromium()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is required in CI (.ci/run installs the Debian package 'chromium')")
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    with Chromium(binary) as chromium:
+        yield chromium
+
+
 @pytest.fixture
 def restore_threads():
     """Put torch's thread count back after a test whose code under test sets it."""

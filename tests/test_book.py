@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-from browser import Chromium, find_chromium, serve
+from browser import serve
 from test_notebooks import toc_files
 
 from conftest import book_output_dir
@@ -181,17 +181,6 @@ def test_no_third_party_javascript_committed():
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     vendored = [f for f in tracked if f.endswith((".js", ".mjs")) and not f.startswith("tests/")]
     assert vendored == [], f"third-party JavaScript is committed: {vendored}"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    binary = find_chromium()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is required in CI (.ci/run installs the Debian package 'chromium')")
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
-    with Chromium(binary) as chromium:
-        yield chromium
 
 
 def test_pages_render_offline(built_html, browser):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-from browser import Chromium, find_chromium, serve
+from browser import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = sorted((ROOT / "notebooks").glob("*.ipynb"))[0]
@@ -58,17 +57,6 @@ def test_chapter_page_has_the_button_and_no_cdn_or_binder_thebe(built_html):
     for gone in ("unpkg.com", "text/x-thebe-config", "sphinx-thebe.js", "binderOptions"):
         assert gone not in html, f"{gone} is still on the page"
     assert (built_html / "_static" / "thebe" / "index.js").is_file() and '"thebe/index.js"' in html
-
-
-@pytest.fixture(scope="module")
-def browser():
-    binary = find_chromium()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is required in CI (.ci/run installs the Debian package 'chromium')")
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
-    with Chromium(binary) as chromium:
-        yield chromium
 
 
 BUTTON = "document.querySelector('.live-code-button')"

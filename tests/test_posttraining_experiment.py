@@ -172,6 +172,14 @@ def test_reward_curves_have_one_entry_per_grpo_step(tiny):
     assert len(tiny["summary"]["grpo_reward_curve"]) == steps
 
 
+def test_a_last_partial_round_of_seeds_gets_the_idle_cores():
+    assert exp.seed_threads(3, 2, 1) == [1, 1, 2]
+    assert exp.seed_threads(4, 2, 1) == [1, 1, 1, 1] and exp.seed_threads(5, 4, 2) == [2, 2, 2, 2, 8]
+    assert exp.seed_threads(1, 1, 2) == [2] and exp.seed_threads(2, 3, 1) == [1, 1]
+    with pytest.raises(ValueError, match="processes"):
+        exp.seed_threads(3, 0, 1)
+
+
 @pytest.mark.slow
 def test_seeds_in_separate_processes_give_the_same_records(tiny):
     threads, fixed = torch.get_num_threads(), thread_policy.fixed

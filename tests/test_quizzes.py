@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from browser import Chromium, find_chromium, serve
+from browser import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIZ_DIR = ROOT / "course" / "quizzes"
@@ -243,17 +242,6 @@ def test_command_line_writes_html_pages_with_mathjax_beside_them(tmp_path):
         assert f'href="{page.name}"' in index and 'href="index_answers.html"' in text
         assert re.findall(r"""(?:src|href)=["'](https?://[^"']*)""", text) == [], f"{page.name} loads from another host"
         assert "_assets/mathjax/tex-chtml.js" in text and "@media print" in text
-
-
-@pytest.fixture(scope="module")
-def browser():
-    binary = find_chromium()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is required in CI (.ci/run installs the Debian package 'chromium')")
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
-    with Chromium(binary) as chromium:
-        yield chromium
 
 
 # the page's text outside code and typeset math: no TeX may be left in it

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-import os
 import re
 import struct
 import sys
@@ -21,7 +20,7 @@ from urllib.parse import urlparse
 
 import nbformat
 import pytest
-from browser import PAGE_CHECKS_JS, Chromium, find_chromium, serve
+from browser import PAGE_CHECKS_JS, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = sorted((ROOT / "notebooks").glob("*.ipynb"))[0]
@@ -167,17 +166,6 @@ def test_bad_notebook_is_one_line_and_exit_status_2(tmp_path, capsys):
     assert course.main(["slides", str(tmp_path / "missing.ipynb"), "--out", str(tmp_path / "out")]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err == f"error: {tmp_path / 'missing.ipynb'} is not a notebook file\n"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    binary = find_chromium()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is required in CI (.ci/run installs the Debian package 'chromium')")
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
-    with Chromium(binary) as chromium:
-        yield chromium
 
 
 VISIBLE_TEXT_JS = r"""

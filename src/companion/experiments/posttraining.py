@@ -180,6 +180,16 @@ def _log(verbose: bool) -> Callable[[str], None]:
     return (lambda s: print(s, flush=True)) if verbose else (lambda s: None)
 
 
+def seed_threads(n_seeds: int, processes: int, threads: int) -> list[int]:
+    """Threads for each seed's process: `threads` each, except that the seeds of a last, partial round share the
+    round's idle cores (3 seeds on 2 processes of 1 thread: 1, 1, then 2 for the seed that runs alone)."""
+    if min(n_seeds, processes, threads) < 1:
+        raise ValueError(f"need n_seeds, processes and threads >= 1, got {n_seeds}, {processes}, {threads}")
+    full_rounds, rest = divmod(n_seeds, processes)
+    last = [threads * processes // rest] * rest if rest else []
+    return [threads] * (full_rounds * processes) + last
+
+
 def _seed_in_process(preset: dict[str, Any], seed: int, threads: int, verbose: bool) -> dict[str, Any]:
     """One seed's run in a worker process of its own, on `threads` threads."""
     thread_policy.fix(threads)
@@ -207,7 +217,8 @@ def run(
     else:
         context = multiprocessing.get_context("spawn")  # fork after torch's threads started is unsafe
         with ProcessPoolExecutor(processes, mp_context=context, max_tasks_per_child=1) as pool:
-            jobs = [pool.submit(_seed_in_process, preset, seed, threads, verbose) for seed in preset["seeds"]]
+            counts = seed_threads(len(preset["seeds"]), processes, threads)
+            jobs = [pool.submit(_seed_in_process, preset, s, n, verbose) for s, n in zip(preset["seeds"], counts)]
             runs = [job.result() for job in jobs]
     return {
         "format": FORMAT,

@@ -177,24 +177,39 @@ class SeedRun:
         prompts = [t.prompt for t in self.split.test_held_out]
         return sampled_kl(policy, reference, self.tok, prompts, self.p["eval"]["max_new_tokens"], self.seed)
 
+    def _sweep(
+        self, sft: Llama, method: str, key: str, values: list[float], train_one: Callable[[Llama, float], dict]
+    ) -> tuple[list[dict[str, Any]], dict[float, Llama]]:
+        """One run of `method` from a copy of `sft` per value of the setting `key`, each scored (greedy) on both
+        tests and on the validation tasks, with its sampled KL to `sft`; the runs' records and their models."""
+        max_new = self.p["eval"]["max_new_tokens"]
+        runs, models = [], {}
+        for value in values:
+            policy = copy.deepcopy(sft).requires_grad_(True)
+            with self.clock(f"{method}_{key}_{value:g}"):
+                entry = {key: value} | train_one(policy, value)
+                scores, _ = evaluate(policy, self.tok, self.tests | {"val": self.split.val}, max_new, 0)
+                entry |= {k: {"accuracy": v["accuracy"], "se": v["se"], "n": v["n"]} for k, v in scores.items()}
+                entry["kl"] = self._kl(policy, sft)
+            runs.append(entry)
+            models[value] = policy
+            held, val = entry["held_out"]["accuracy"], entry["val"]["accuracy"]
+            self.log(f"seed {self.seed} {method} {key} {value:g}: held-out {held:.3f}, validation {val:.3f}")
+        return runs, models
+
     def dpo(self, sft: Llama) -> None:
         """Stage 3: DPO from `sft` for every beta; the summary's beta is the best on the validation tasks."""
         cfg, max_new = self.p["dpo"], self.p["eval"]["max_new_tokens"]
         with self.clock("dpo_pairs"):
             distinct = list({t.prompt: t for t in self.split.train}.values())[: cfg["n_pairs"]]
             pairs, sources = preference_pairs(sft, self.tok, distinct, max_new, self.seed)
-        runs, models = [], {}
-        for beta in cfg["betas"]:
-            policy = copy.deepcopy(sft).requires_grad_(True)
-            with self.clock(f"dpo_beta_{beta:g}"):
-                entry = train_dpo(policy, sft, self.tok, pairs, beta, cfg, self.seed)
-                scores, _ = evaluate(policy, self.tok, self.tests | {"val": self.split.val}, max_new, 0)
-                entry |= {k: {"accuracy": v["accuracy"], "se": v["se"], "n": v["n"]} for k, v in scores.items()}
-                entry["kl"] = self._kl(policy, sft)
-            runs.append(entry)
-            models[beta] = policy
-            held, val = entry["held_out"]["accuracy"], entry["val"]["accuracy"]
-            self.log(f"seed {self.seed} dpo beta {beta:g}: held-out {held:.3f}, validation {val:.3f}")
+        runs, models = self._sweep(
+            sft,
+            "dpo",
+            "beta",
+            cfg["betas"],
+            lambda policy, beta: train_dpo(policy, sft, self.tok, pairs, beta, cfg, self.seed),
+        )
         # the best validation accuracy; a tie goes to the larger beta, the policy held closer to the reference
         chosen = max(runs, key=lambda e: (e["val"]["accuracy"], e["beta"]))["beta"]
         self.record["dpo"] = {"pairs": {"n": len(pairs), "rejected_from": sources}, "betas": runs}
@@ -204,21 +219,14 @@ class SeedRun:
     def reinforce(self, sft: Llama) -> Llama:
         """Stage 4: GRPO from `sft` with the exact checker, one run per learning rate, the one kept the best on the
         validation tasks; then the flawed reward and its fix. Returns the rl model."""
-        cfg, max_new = self.p["grpo"], self.p["eval"]["max_new_tokens"]
-        runs, models = [], {}
-        for lr in cfg["lrs"]:
-            policy = copy.deepcopy(sft).requires_grad_(True)
-            with self.clock(f"grpo_lr_{lr:g}"):
-                entry = {"lr": lr} | train_grpo(
-                    policy, sft, self.tok, self.split.train, reward, cfg | {"lr": lr}, self.seed
-                )
-                scores, _ = evaluate(policy, self.tok, self.tests | {"val": self.split.val}, max_new, 0)
-                entry |= {k: {"accuracy": v["accuracy"], "se": v["se"], "n": v["n"]} for k, v in scores.items()}
-                entry["kl"] = self._kl(policy, sft)
-            runs.append(entry)
-            models[lr] = policy
-            held, val = entry["held_out"]["accuracy"], entry["val"]["accuracy"]
-            self.log(f"seed {self.seed} grpo lr {lr:g}: held-out {held:.3f}, validation {val:.3f}")
+        cfg = self.p["grpo"]
+        runs, models = self._sweep(
+            sft,
+            "grpo",
+            "lr",
+            cfg["lrs"],
+            lambda policy, lr: train_grpo(policy, sft, self.tok, self.split.train, reward, cfg | {"lr": lr}, self.seed),
+        )
         # the best validation accuracy; a tie goes to the smaller learning rate, the policy moved least
         chosen = max(runs, key=lambda e: (e["val"]["accuracy"], -e["lr"]))
         self.record["grpo"] = {"lrs": runs, "selected_lr": chosen["lr"], "steps": chosen["steps"]}

@@ -36,7 +36,6 @@ import copy
 import random
 import re
 import time
-from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,7 +46,15 @@ from companion.experiments import machine, read_result, run_command, utc_now
 from companion.experiments.posttraining_eval import decode_replies
 from companion.nn import Llama, LlamaConfig
 from companion.posttraining.chat import ChatTokenizer, collate_sft, sft_example, sft_loss
-from companion.posttraining.tasks import ALPHABET, TEMPLATES, Task, check, contamination, normalize
+from companion.posttraining.tasks import (
+    ALPHABET,
+    TEMPLATES,
+    Task,
+    check,
+    contamination,
+    documents_containing,
+    normalize,
+)
 from companion.training.finetune import FinetuneConfig, fit
 from companion.utils import cpu_info, set_seed
 
@@ -145,22 +152,6 @@ def draw_problem(rng: random.Random, in_range: bool) -> tuple[Task, str]:
     return Task(template.family, template.id, template.text.format(a=a, b=b), str(result)), f"{a}{op}{b}"
 
 
-def _containing(documents: Sequence[str], needles: Sequence[str]) -> set[int]:
-    """Indices of the documents (normalised) that contain at least one needle (normalised)."""
-    starts, pos = [], 0
-    for d in documents:
-        starts.append(pos)
-        pos += len(d) + 1
-    joined = "\n".join(documents)  # a normalised text has no newline: no needle spans two documents
-    hits: set[int] = set()
-    for needle in set(needles):
-        at = joined.find(needle)
-        while at != -1:
-            hits.add(bisect_right(starts, at) - 1)
-            at = joined.find(needle, at + 1)
-    return hits
-
-
 def _distinct(n: int, rng: random.Random, in_range: bool) -> list[tuple[Task, str]]:
     """n problems with distinct expressions (so distinct prompts), in or out of range."""
     out, seen = [], set()
@@ -185,7 +176,7 @@ def make_data(n_train: int, n_test: int, seed: int) -> dict[str, list[tuple[Task
     while len(train) < n_train:
         batch = [draw_problem(rng, True) for _ in range(n_train - len(train))]
         batch = [p for p in batch if p[1] not in held]
-        dirty = _containing([normalize(t.prompt) for t, _ in batch], needles)
+        dirty = documents_containing([normalize(t.prompt) for t, _ in batch], needles)
         train += [p for i, p in enumerate(batch) if i not in dirty]
     leaked = contamination([t for t, _ in train], [t for test in tests.values() for t, _ in test])
     assert not leaked, f"test prompts inside training prompts: {leaked[:3]}"

@@ -45,6 +45,7 @@ __all__ = [
     "TaskTemplate",
     "check",
     "contamination",
+    "documents_containing",
     "make_split",
     "normalize",
     "reward",
@@ -322,7 +323,7 @@ def _document(item: Task | str) -> str:
     raise TypeError(f"a training or test item is a Task or a str, got {type(item).__name__}")
 
 
-def _containing(documents: Sequence[str], needles: Iterable[str]) -> set[int]:
+def documents_containing(documents: Sequence[str], needles: Iterable[str]) -> set[int]:
     """Indices of the (normalised) documents that contain at least one (normalised) needle."""
     starts, pos = [], 0
     for d in documents:
@@ -365,7 +366,7 @@ def make_split(n_train: int, n_test: int, seed: int = 0) -> Split:
     train: list[Task] = []
     for _ in range(100):
         batch = sample_tasks(n_train - len(train), SEEN_TEMPLATES, rng)
-        dirty = _containing([normalize(t.prompt) for t in batch], test_prompts)
+        dirty = documents_containing([normalize(t.prompt) for t in batch], test_prompts)
         train += [t for i, t in enumerate(batch) if i not in dirty]
         if len(train) == n_train:
             return Split(train, test_seen, test_held_out)

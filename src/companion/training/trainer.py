@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,9 +182,10 @@ def _progress(total: int, initial: int, enabled: bool):
     busy = thread_policy.describe()
     if busy is not None:
         print(busy, flush=True)
-    with warnings.catch_warnings():  # tqdm's advice to install ipywidgets: the text bar is fine
-        warnings.filterwarnings("ignore", message="IProgress not found")
-        from tqdm.auto import tqdm
+    # always the text bar: a Jupyter widget bar (tqdm.auto, once ipywidgets is installed, as nbgrader installs it)
+    # would make the built book load the widget manager from a CDN
+    from tqdm.std import tqdm
+
     return tqdm(total=total, initial=initial, desc=_bar_label(), dynamic_ncols=True)
 
 
