@@ -6,18 +6,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book book-zh test course slides live lab serve clean
+.PHONY: book test course slides live lab serve clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable ".[dev]"
 	touch $(STAMP)
 
-book: $(STAMP)  ## build the web book into _build/html (notebooks executed, cached)
+book: $(STAMP)  ## build the web book, English in _build/html and Chinese in _build/html/zh (notebooks run once)
 	$(BIN)/python tools/book.py build
-
-book-zh: $(STAMP)  ## build both editions: English in _build/html, Chinese in _build/html/zh (with language switch)
-	$(BIN)/python tools/book.py build --zh
 
 test: $(STAMP)  ## run every test: package, notebooks (nbval), book build and browser check
 	$(BIN)/python -m pytest

@@ -111,6 +111,8 @@ PAGE_CHECKS_JS = r"""
     broken_images: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),
     diagrams: diagrams,
     column_px: paragraph ? Math.round(paragraph.getBoundingClientRect().width) : 0,
+    cjk: (text.match(/[\u3400-\u9fff]/g) || []).length,  // Chinese characters of the prose
+    latin: (text.match(/[A-Za-z]/g) || []).length,
   });
 })()
 """

@@ -1,20 +1,23 @@
-"""Build the whole book into a temporary folder (warnings as errors) and look at it in a browser.
+"""Build the whole book, both editions, into a temporary folder (warnings as errors) and look at it in a browser.
 
-The build executes every notebook, so this module is slow (minutes); with pytest-xdist's
-`--dist loadfile` it runs on one worker while the other runs the notebooks under nbval.
+The build executes every notebook once (the Chinese edition, in zh/, reuses the executions), so this
+module is slow (minutes). Every page check runs on both editions; the Chinese pages must also read as
+Chinese, and every page of either edition must switch to the same page of the other.
 """
 
 from __future__ import annotations
 
 import html.parser
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urljoin, urlparse
 
 import pytest
+import yaml
 from browser import serve
 from test_notebooks import toc_files
 
@@ -45,26 +48,75 @@ def page_paths() -> list[str]:
     return [f"{entry}.html" for entry in toc_files()]
 
 
-def test_every_toc_page_is_built(built_html):
+# the site's editions (_config.yml): English at the root, Chinese in zh/
+EDITIONS = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))["sphinx"]["config"]["language_editions"]
+EDITION_PATHS = [e["path"] for e in EDITIONS]
+assert EDITION_PATHS == ["", "zh"], EDITION_PATHS
+
+
+@pytest.mark.parametrize("edition", EDITION_PATHS)
+def test_every_toc_page_is_built(built_html, edition):
     for page in page_paths():
-        assert (built_html / page).is_file(), f"{page} was not built"
-    assert (built_html / "index.html").is_file()
+        assert (built_html / edition / page).is_file(), f"{edition}/{page} was not built"
+    assert (built_html / edition / "index.html").is_file()
 
 
-def test_chapter_pages_have_figures(built_html):
+@pytest.mark.parametrize("edition", EDITION_PATHS)
+def test_chapter_pages_have_figures(built_html, edition):
     chapters = [p for p in page_paths() if p.startswith("notebooks/")]
     assert chapters, "no chapter pages"
     for page in chapters:
-        html = (built_html / page).read_text(encoding="utf-8")
-        assert "<img" in html, f"{page} shows no figure (did its notebook execute?)"
-        assert "Traceback (most recent call last)" not in html, f"{page} shows a traceback"
+        html = (built_html / edition / page).read_text(encoding="utf-8")
+        assert "<img" in html, f"{edition}/{page} shows no figure (did its notebook execute?)"
+        assert "Traceback (most recent call last)" not in html, f"{edition}/{page} shows a traceback"
 
 
-def test_chapter_pages_have_the_live_code_button(built_html):
+@pytest.mark.parametrize("edition", EDITION_PATHS)
+def test_chapter_pages_have_the_live_code_button(built_html, edition):
     """Every chapter, and only pages with code cells, gets the button of book/_ext/live_code.py."""
     for page in page_paths():
-        has_button = '<button class="thebe-launch-button live-code-button"' in (built_html / page).read_text()
-        assert has_button == page.startswith("notebooks/"), f"{page}: live-code button {has_button}"
+        html = (built_html / edition / page).read_text(encoding="utf-8")
+        has_button = '<button class="thebe-launch-button live-code-button"' in html
+        assert has_button == page.startswith("notebooks/"), f"{edition}/{page}: live-code button {has_button}"
+
+
+class _Switches(html.parser.HTMLParser):
+    """The page's language (<html lang>) and the targets of its language-switch links."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.switches: list[str] = []
+        self.lang: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "html":
+            self.lang = a.get("lang")
+        if tag == "a" and "language-switch" in (a.get("class") or ""):
+            self.switches.append(a["href"])
+
+
+def test_every_page_switches_to_the_same_page_in_the_other_edition(built_html):
+    """Each page of each edition has one relative switch to the same page of the other (language_switcher.py)."""
+    (en, zh), langs = EDITION_PATHS, [e["language"].replace("_", "-") for e in EDITIONS]
+    chinese = built_html / zh
+    pages = [p.relative_to(chinese) for p in chinese.rglob("*.html") if p.relative_to(chinese).parts[0][0] != "_"]
+    pages = [p for p in pages if p.name != "index.html"]  # the root redirects to the preface
+    assert len(pages) >= len(page_paths())
+    for page in pages:
+        for edition, other, lang in ((built_html / en, chinese, langs[0]), (chinese, built_html / en, langs[1])):
+            parser = _Switches()
+            parser.feed((edition / page).read_text(encoding="utf-8"))
+            assert parser.lang == lang and len(parser.switches) == 1, f"{edition / page}: no single language switch"
+            target = Path(unquote(urljoin((edition / page).as_uri(), parser.switches[0]).removeprefix("file://")))
+            assert target == other / page and target.is_file(), f"{edition / page} switches to {target}"
+
+
+def test_chinese_search_index_is_segmented_with_jieba(built_html):
+    """Sphinx's Chinese splitter indexes Chinese words only when jieba is installed to cut them."""
+    text = (built_html / EDITION_PATHS[1] / "searchindex.js").read_text(encoding="utf-8")
+    terms = json.loads(text[text.index("(") + 1 : text.rindex(")")])["terms"]
+    assert {"词元", "注意力", "困惑度", "微调"} <= set(terms), "the Chinese search index lacks the book's words"
 
 
 class _LinkParser(html.parser.HTMLParser):
@@ -156,10 +208,11 @@ def broken_links(html_root: Path, pages: list[str]) -> list[str]:
     return problems
 
 
-def test_internal_links_resolve(built_html):
+@pytest.mark.parametrize("edition", EDITION_PATHS)
+def test_internal_links_resolve(built_html, edition):
     """Every link between pages, to a section anchor, to an image or a stylesheet exists."""
-    problems = broken_links(built_html, [*page_paths(), "index.html"])
-    assert problems == [], "broken internal links:\n" + "\n".join(problems)
+    problems = broken_links(built_html / edition, [*page_paths(), "index.html"])
+    assert problems == [], f"broken internal links in edition {edition!r}:\n" + "\n".join(problems)
 
 
 def test_link_checker_finds_broken_links(tmp_path):
@@ -183,14 +236,22 @@ def test_no_third_party_javascript_committed():
     assert vendored == [], f"third-party JavaScript is committed: {vendored}"
 
 
-def test_pages_render_offline(built_html, browser):
-    """Math and diagrams render in a real browser, and no request leaves 127.0.0.1."""
+@pytest.mark.parametrize("edition", EDITION_PATHS)
+def test_pages_render_offline(built_html, browser, edition, tmp_path):
+    """Math and diagrams render in a real browser, and no request leaves 127.0.0.1; Chinese pages read as Chinese."""
     with serve(built_html) as base:
         host = urlparse(base).netloc
         saw_math = saw_mermaid = False
         diagrams = 0
         for page in page_paths():
-            report = browser.visit(f"{base}/{page}")
+            url = f"{base}/{edition}/{page}" if edition else f"{base}/{page}"
+            if edition and page.startswith(
+                "notebooks/"
+            ):  # BOOK_SCREENSHOTS=DIR keeps the Chinese chapters' screenshots
+                with browser.page(url) as tab:
+                    tab.wait_for("document.querySelectorAll('mjx-container').length > 0", 60)
+                    tab.screenshot(Path(os.environ.get("BOOK_SCREENSHOTS", tmp_path)) / f"{Path(page).stem}.zh.png")
+            report = browser.visit(url)
             outside = [
                 u
                 for u in report.requests
@@ -215,6 +276,11 @@ def test_pages_render_offline(built_html, browser):
                 )
             )
             diagrams += len(checks["diagrams"])
+            if edition and not page.startswith("book/references"):  # references keep their English titles
+                share = checks["cjk"] / max(1, checks["cjk"] + checks["latin"])
+                assert share > 0.5, (
+                    f"{edition}/{page}: the prose is not mostly Chinese ({share:.0%} Chinese characters)"
+                )
             if page.startswith("notebooks/"):
                 assert checks["mathjax"] > 0, f"{page}: no MathJax output (mjx-container)"
                 assert checks["mermaid_svgs"] > 0, f"{page}: no rendered Mermaid diagram"

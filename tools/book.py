@@ -2,7 +2,7 @@
 
 Usage:
     python tools/book.py vendor                 # fetch the JavaScript below from npm into _vendor/
-    python tools/book.py build [--path-output DIR] [--all] [--zh]   # --zh: the Chinese edition too (tools/i18n.py)
+    python tools/book.py build [--path-output DIR] [--all] [--english-only]   # both editions: _build/html, .../zh
     python tools/book.py serve [--port 8000] [--dir _build/html]   # serve a built folder on 127.0.0.1
     python tools/book.py live [--port 8000] [--jupyter-port 8888]  # the book, with live code
 
@@ -131,33 +131,8 @@ def vendor(quiet: bool = False) -> bool:
     return True
 
 
-def _config_with_editions(folder: Path) -> Path:
-    """A copy of _config.yml in `folder` that turns on the language switch (book/_ext/language_switcher.py)."""
-    import yaml
-
-    i18n = _tool("i18n")
-    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
-    extensions = config["sphinx"]["local_extensions"]  # Jupyter Book resolves these next to the config file
-    config["sphinx"]["local_extensions"] = {name: str(ROOT / path) for name, path in extensions.items()}
-    config["sphinx"]["config"]["language_editions"] = i18n.EDITIONS
-    path = folder / "_config.yml"
-    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    return path
-
-
-def _tool(name: str):
-    """tools/<name>.py as a module (tools/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def build(path_output: Path | None = None, rebuild_all: bool = False, zh: bool = False) -> int:
-    """Build the book with warnings as errors (and with `zh` its Chinese edition); return the exit status."""
+def build(path_output: Path | None = None, rebuild_all: bool = False, zh: bool = True) -> int:
+    """Build both editions (the Chinese one unless `zh` is False) with warnings as errors; return the status."""
     vendor()
     cmd = [
         sys.executable,
@@ -173,11 +148,8 @@ def build(path_output: Path | None = None, rebuild_all: bool = False, zh: bool =
         cmd += ["--path-output", str(path_output)]
     if rebuild_all:
         cmd.append("--all")
-    with tempfile.TemporaryDirectory(prefix="book-config-") as tmp:
-        if zh:  # the English edition with its language switch (a flag until the Chinese edition is complete)
-            cmd += ["--config", str(_config_with_editions(Path(tmp)))]
-        print("+", " ".join(cmd), flush=True)
-        status = subprocess.call(cmd, cwd=ROOT)
+    print("+", " ".join(cmd), flush=True)
+    status = subprocess.call(cmd, cwd=ROOT)
     if status == 0 and zh:
         # the Chinese edition into _build/html/zh, from the Jupyter cache the English build just filled
         cmd = [sys.executable, str(ROOT / "tools" / "i18n.py"), "build"]
@@ -322,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     p_build = sub.add_parser("build", help="build the book into _build/html")
     p_build.add_argument("--path-output", type=Path, default=None, help="build into DIR/_build instead")
     p_build.add_argument("--all", action="store_true", help="rebuild every page")
-    p_build.add_argument("--zh", action="store_true", help="also build the Chinese edition into _build/html/zh")
+    p_build.add_argument(
+        "--english-only", action="store_true", help="skip the Chinese edition (_build/html/zh, tools/i18n.py)"
+    )
     p_serve = sub.add_parser("serve", help="serve _build/html (or --dir) on 127.0.0.1")
     p_serve.add_argument("--port", type=int, default=8000)
     p_serve.add_argument("--dir", type=Path, default=None, help="the folder to serve (default _build/html)")
@@ -334,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "vendor":
             return 0 if vendor() else 1
         if args.command == "build":
-            return build(args.path_output, args.all, args.zh)
+            return build(args.path_output, args.all, zh=not args.english_only)
         if args.command == "serve":
             serve(args.port, args.dir)
         else:

@@ -20,8 +20,8 @@ they are single-sourced. `build` renders the Chinese edition with `language = "z
 _build/html/zh/, beside the English edition in _build/html/, reading the executed notebooks from the
 English build's Jupyter cache (_build/.jupyter_cache: the code is the same, so nothing executes
 twice); Sphinx's Chinese search segments words with jieba. book/_ext/language_switcher.py puts on
-every page of both editions a relative link to the same page in the other (`make book-zh` builds
-both; once every catalogue is complete, `make book` should, see below). `notebooks` applies the
+every page of both editions a relative link to the same page in the other (`make book` builds
+both). `notebooks` applies the
 catalogues to the notebooks' Markdown cells (parsed with MyST's own parser, so a cell splits into the
 same messages Sphinx extracts) and copies every code cell unchanged.
 
@@ -42,15 +42,9 @@ form (msgstr = msgid), as do the glossary table's English and 中文 columns. Me
 contain a straight double quote. In-page links keep the English anchors (`#12-a-language-model-...`):
 Sphinx gives sections the ids of their English titles.
 
-Status (branch hE, issue 20 part 1; `python tools/i18n.py coverage` gives the numbers). Translated:
-book/preface, book/setup, the four part introductions, book/faq, Chapter 1
-(notebooks/01_language_models), the glossary's prose and headers. Not yet: chapters 2-11, the
-glossary table's definitions and links, resources, speedrun, code_map, the teacher's guide,
-references (its one heading), the live-code button's status messages (book/_ext/live_code.py's
-script; its label is translated), the README's Chinese section, a Chinese-to-English glossary
-order, and turning the edition on in `make book` (set `language_editions` in _config.yml, build both
-by default, drop the xfail mark in tests/test_i18n.py, and move the browser checks of every Chinese
-page into tests/test_book.py's full build) once `coverage` reports 100%.
+Status: every page is translated, and tests/test_i18n.py keeps it so (no untranslated or fuzzy
+message). `python tools/book.py build` (`make book`) builds both editions, the English one first,
+so that this edition reads its executions; tests/test_book.py checks the pages of both.
 """
 
 from __future__ import annotations
@@ -65,13 +59,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LANGUAGE = "zh_CN"
-EDITION_PATH = "zh"  # the Chinese edition's folder inside _build/html/
 LOCALES = ROOT / "locales"
 CATALOGUES = LOCALES / LANGUAGE / "LC_MESSAGES"
-EDITIONS = [
-    {"language": "en", "path": "", "label": "English"},
-    {"language": LANGUAGE, "path": EDITION_PATH, "label": "中文"},
-]
 BLOCK = re.compile(r"^==== (en|zh)\n", re.M)  # the blocks of a `todo` file
 NOT_PROSE_DIRECTIVES = {"code", "code-block", "code-cell", "math", "mermaid", "bibliography", "include", "raw"}
 SUMMARY = re.compile(r"(<summary\b[^>]*>)([^<]*?\S[^<]*?)(</summary>)")
@@ -83,6 +72,10 @@ def _config() -> dict:
     import yaml
 
     return yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+
+
+EDITIONS = _config()["sphinx"]["config"]["language_editions"]  # English at the site's root, Chinese in zh/
+EDITION_PATH = next(e["path"] for e in EDITIONS if e["language"] == LANGUAGE)  # "zh", inside _build/html/
 
 
 def _sphinx(
@@ -125,7 +118,6 @@ def build(path_output: Path | None = None, execute: bool = True, strict: bool = 
     build_dir = (path_output or ROOT) / "_build"
     overrides = {
         "language": LANGUAGE,
-        "language_editions": EDITIONS,
         "nb_execution_cache_path": str(build_dir / ".jupyter_cache"),  # the English build's cache
         "nitpicky": True,
     }
