@@ -7,8 +7,9 @@ Only prose is translated; everything else is single-sourced, the same bytes in e
   book sets no `gettext_additional_targets`);
 - display maths (`$$ ... $$`, `\\begin{aligned}`) would be extracted by Sphinx but never applied: this
   extension takes it out of the catalogues;
-- a text with nothing to translate (no Latin letter once maths, code spans, roles, links' targets
-  and HTML tags are removed: a formula alone, a `d_model` cell, Chinese already) is not a message;
+- a text with nothing to translate (no Latin word of two letters or more once maths, code spans,
+  roles, links' targets and HTML tags are removed: a formula alone, a `d_model` cell, a variable
+  such as *p*, the glossary index's letter heads, Chinese already) is not a message;
 - the label of a `<details>` block's `<summary>` (the exercises' "Solution") sits in raw HTML,
   which Sphinx cannot translate: a transform moves it into a node of its own that is a message;
 - a Mermaid diagram is code, but its quoted labels (`A["pre-training"] -->|"loss"| B`) are prose:
@@ -41,13 +42,13 @@ NOT_PROSE = re.compile(
     r"|https?://\S+",
     re.S,
 )
-LATIN = re.compile(r"[A-Za-z]")
+LATIN_WORD = re.compile(r"[A-Za-z]{2}")
 MERMAID_LABEL = re.compile(r'"([^"\n]*)"')  # the book quotes every label: A["..."], B{"..."}, -->|"..."|
 
 
 def has_prose(source: str) -> bool:
-    """Whether a message's source has words to translate (a Latin letter outside maths, code and markup)."""
-    return LATIN.search(NOT_PROSE.sub(" ", source)) is not None
+    """Whether a message's source has words to translate (two Latin letters outside maths, code and markup)."""
+    return LATIN_WORD.search(NOT_PROSE.sub(" ", source)) is not None
 
 
 def mermaid_labels(code: str) -> list[str]:
