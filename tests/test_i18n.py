@@ -152,7 +152,9 @@ def test_glossary_terms_are_used_and_rejected_variants_are_not(doc):
         english = NOT_PROSE.sub(" ", msgid)
         for rule in rules:
             for variant in rule["rejected"]:  # unless the English names the variant itself (to reject it)
-                assert variant not in msgstr or variant in msgid, f"{doc}: {variant!r} instead of {rule['chinese']!r}: {msgstr[:160]}"
+                assert variant not in msgstr or variant in msgid, (
+                    f"{doc}: {variant!r} instead of {rule['chinese']!r}: {msgstr[:160]}"
+                )
             uses = rule["pattern"].search(rule["except"].sub(" ", english))
             if uses:
                 assert rule["chinese"] in msgstr, (
