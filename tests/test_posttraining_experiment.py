@@ -8,6 +8,10 @@ import itertools
 import json
 import math
 import random
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,6 +80,19 @@ def tiny(tmp_path_factory):
         torch.set_num_threads(threads)
         thread_policy.fixed = fixed
     return exp.load_result(out)
+
+
+# ----------------------------------------------------------------------------- the committed full run
+
+
+def test_the_committed_run_is_the_full_preset_within_its_budget():
+    full = exp.load_result()  # what Chapter 10 reads
+    assert full["preset"] == json.loads(json.dumps(exp.PRESETS["full"])), "rerun the full preset: it has changed"
+    assert full["command"].startswith(f"{PROG} --preset full ")
+    assert [r["seed"] for r in full["runs"]] == full["seeds"] == exp.PRESETS["full"]["seeds"]
+    meta = full["metadata"]
+    assert meta["cpu_count"] == 2 and meta["threads"] * meta["processes"] >= 2  # made on two cores, both used
+    assert meta["wall_seconds"] < 40 * 60, "the issue's budget: the full experiment in under 40 minutes"
 
 
 # ----------------------------------------------------------------------------- the tiny run's JSON
@@ -197,6 +214,41 @@ def test_seeds_in_separate_processes_give_the_same_records(tiny):
     assert [without_timings(r) for r in side_by_side["runs"]] == [without_timings(r) for r in tiny["runs"]]
     with pytest.raises(ValueError, match="processes must be >= 1"):
         exp.run(TINY, processes=0)
+
+
+PARENT = """
+import os, subprocess, sys
+watched = (
+    "import sys, time; from companion.experiments.posttraining import exit_with_parent; "
+    "exit_with_parent(int(sys.argv[1]), poll_seconds=0.1); print('watching', flush=True); time.sleep(120)"
+)
+child = subprocess.Popen(
+    [sys.executable, "-c", watched, str(os.getpid())], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+)
+assert child.stdout.readline().strip() == "watching"
+print(child.pid, flush=True)
+os._exit(0)  # the parent dies without a word to its child, as a killed run does
+"""
+
+
+def _running(pid: int) -> bool:
+    """True while process `pid` exists and is not a zombie (an orphan's exit is reaped by whoever adopted it)."""
+    try:
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:4]
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_worker_ends_when_its_parent_dies():
+    parent = subprocess.run([sys.executable, "-c", PARENT], capture_output=True, text=True, timeout=60)
+    assert parent.returncode == 0, parent.stderr
+    child = int(parent.stdout.strip())
+    deadline = time.monotonic() + 20
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(child), f"worker {child} outlived its parent"
 
 
 @pytest.mark.slow

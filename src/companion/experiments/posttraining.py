@@ -27,9 +27,12 @@ standard error over seeds per stage and the paired difference of successive stag
 seed's record the same differences on its test items, with their item-level standard error). Nothing is selected
 on a test and nothing stops early.
 
-    python -m companion.experiments.posttraining --preset full --threads 1 --processes 2 \\
+    python -m companion.experiments.posttraining --preset full --threads 1 --processes 3 \\
         --out src/companion/results/posttraining.json
     python -m companion.experiments.posttraining --preset tiny          # writes ./posttraining_tiny.json
+
+Three one-thread processes for three seeds keep two cores busy to the end: with two, the third seed would run alone
+after the first two, and one core would idle for the second half of the run.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ from __future__ import annotations
 import argparse
 import copy
 import multiprocessing
+import os
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -82,12 +87,12 @@ FULL: dict[str, Any] = {
     "seeds": [0, 1, 2],
     "model": {"n_layers": 4, "d_model": 128, "n_heads": 4, "n_kv_heads": 2, "block_size": 64},
     "data": {"n_train": 6000, "n_val": 300, "n_test": 400, "shakespeare_chars": 100_000, "web_chars": 900_000},
-    "pretrain": {"steps": 2400, "batch_size": 32, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 240},
+    "pretrain": {"steps": 2000, "batch_size": 32, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 200},
     "sft": {"steps": 600, "batch_size": 64, "lr": 2e-3, "warmup_steps": 60, "weight_decay": 0.01},
     "lora": {"r": 8, "alpha": 16, "lr": 4e-3, "targets": list(LORA_TARGETS)},
-    "dpo": {"betas": [0.05, 0.1, 0.5], "n_pairs": 1000, "steps": 100, "batch_size": 32, "lr": 5e-5, "warmup_steps": 10},
+    "dpo": {"betas": [0.05, 0.1, 0.5], "n_pairs": 1000, "steps": 70, "batch_size": 32, "lr": 5e-5, "warmup_steps": 7},
     "grpo": {
-        "steps": 100,
+        "steps": 70,
         "prompts_per_step": 16,
         "group_size": 8,
         "lrs": [3e-5, 1e-4],  # one run each; the summary keeps the best on validation
@@ -96,7 +101,7 @@ FULL: dict[str, Any] = {
         "temperature": 1.0,
         "max_new_tokens": 16,
     },
-    "hack": {"steps": 60, "lr": 3e-4},  # the flawed-reward run and its fix: grpo's settings but these
+    "hack": {"steps": 42, "lr": 3e-4},  # the flawed-reward run and its fix: grpo's settings but these
     "eval": {"max_new_tokens": 16, "examples": 3, "continuation_tokens": 40},
     "test_time": {"ks": [1, 2, 4, 8, 16], "temperature": 1.0},
 }
@@ -190,8 +195,26 @@ def seed_threads(n_seeds: int, processes: int, threads: int) -> list[int]:
     return [threads] * (full_rounds * processes) + last
 
 
-def _seed_in_process(preset: dict[str, Any], seed: int, threads: int, verbose: bool) -> dict[str, Any]:
-    """One seed's run in a worker process of its own, on `threads` threads."""
+def exit_with_parent(parent: int, poll_seconds: float = 2.0) -> threading.Thread:
+    """Start a daemon thread that ends this process once `parent` is no longer its parent.
+
+    A killed run then leaves no worker behind: a pool's worker would otherwise finish its seed, for many minutes,
+    with nobody to read the result.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    watcher = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    watcher.start()
+    return watcher
+
+
+def _seed_in_process(preset: dict[str, Any], seed: int, threads: int, verbose: bool, parent: int) -> dict[str, Any]:
+    """One seed's run in a worker process of its own, on `threads` threads; it ends if `parent` dies."""
+    exit_with_parent(parent)
     thread_policy.fix(threads)
     return SeedRun(preset, seed, _log(verbose)).run(COMPARISONS)
 
@@ -218,7 +241,10 @@ def run(
         context = multiprocessing.get_context("spawn")  # fork after torch's threads started is unsafe
         with ProcessPoolExecutor(processes, mp_context=context, max_tasks_per_child=1) as pool:
             counts = seed_threads(len(preset["seeds"]), processes, threads)
-            jobs = [pool.submit(_seed_in_process, preset, s, n, verbose) for s, n in zip(preset["seeds"], counts)]
+            jobs = [
+                pool.submit(_seed_in_process, preset, s, n, verbose, os.getpid())
+                for s, n in zip(preset["seeds"], counts)
+            ]
             runs = [job.result() for job in jobs]
     return {
         "format": FORMAT,
